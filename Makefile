@@ -1,0 +1,40 @@
+# kernelib: `make run` (the demo chain) and `make test` work from a fresh clone with Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= configs/default.yaml
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test lab report bench lint clean
+
+# The virtual environment, the package with [dev], and the Jupyter kernel "kernelib".
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { test -n "$(PYTHON)" || { echo "need Python 3.11 (make PYTHON=/path/to/python3.11)"; exit 1; }; $(PYTHON) -m venv $(VENV); }
+	@echo "installing kernelib[dev] into $(VENV) (log: $(VENV)/pip.log)"
+	@$(BIN)/python -m pip install -e '.[dev]' > $(VENV)/pip.log 2>&1 || { grep -v "^WARNING: Location" $(VENV)/pip.log | tail -30; exit 1; }
+	$(BIN)/python -c "import kernelib, keras, papermill, nbconvert; print('kernelib', kernelib.__version__, 'keras', keras.__version__)"
+	$(BIN)/python -m ipykernel install --sys-prefix --name kernelib --display-name "kernelib (Python 3)" >/dev/null
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kernelib run $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+report: $(STAMP)
+	$(BIN)/kernelib report
+
+bench: $(STAMP)
+	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check kernelib tests
+
+clean:
+	rm -rf runs reports/*/ reports/index.html .pytest_cache

@@ -1,0 +1,119 @@
+"""The run folder: where every stage reads and writes, and the first call of every notebook."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernelib import params as P
+from kernelib.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run folder (`runs/<run_id>/`)."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def raw(self) -> Path:
+        return self.data / "raw.npz"
+
+    @property
+    def splits(self) -> Path:
+        return self.data / "splits.npz"
+
+    @property
+    def preprocessor(self) -> Path:
+        return self.data / "preprocess.keras"
+
+    @property
+    def data_card(self) -> Path:
+        return self.data / "card.json"
+
+    @property
+    def members_spec(self) -> Path:
+        return self.root / "members" / "members.json"
+
+    def member_dir(self, name: str) -> Path:
+        return self.root / "members" / name
+
+    def member_model(self, name: str) -> Path:
+        return self.member_dir(name) / "model.keras"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    def merged_model(self, strategy: str) -> Path:
+        return self.merged / f"{strategy}.keras"
+
+    @property
+    def predictions(self) -> Path:
+        return self.merged / "predictions.npz"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    def require(self, path: Path, stage: str) -> Path:
+        """Fail clearly when an upstream artifact is missing."""
+        if not path.exists():
+            raise PipelineError(
+                f"'{path.relative_to(self.root)}' is missing from run folder '{self.root}'; "
+                f"it is written by the '{stage}' stage: run that stage first "
+                f"(or `kernelib run CONFIG`)."
+            )
+        return path
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a notebook gets back from `start_stage`: validated parameters and its run folder."""
+
+    name: str
+    params: Any
+    run: RunDir
+    seed: int
+    device: dict[str, Any]
+
+
+def start_stage(stage: str, *, run_dir: str, seed: int = 0, deterministic: bool = True,
+                **values: Any) -> Stage:
+    """Validate a notebook's parameters, seed everything, set up the device; first call of a notebook.
+
+    Runs the same validation `kernelib run` does, so a direct papermill call or a JupyterLab
+    run with a wrong value fails here with the parameter named.
+    """
+    common = P.validate_common({"run_dir": run_dir, "seed": seed, "deterministic": deterministic})
+    stage_params = P.validate_stage(stage, values)
+    root = Path(common.run_dir).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    from kernelib import train  # TensorFlow import: only once the parameters are known good
+
+    device = train.setup(seed=common.seed, deterministic=common.deterministic)
+    return Stage(name=stage, params=stage_params, run=RunDir(root), seed=common.seed,
+                 device=device)
+
+
+def kernel_env() -> dict[str, str]:
+    """Environment for kernel processes: TensorFlow's C++ logging limited to fatal errors."""
+    return {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}

@@ -1,0 +1,119 @@
+"""Device set-up and member training: Keras callbacks for early stopping, history and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kernelib import io
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C-level start-up logging (absl/CUDA probing) written straight to file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow():
+    """Import TensorFlow and probe devices without its start-up noise; Python errors still raise."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _quiet_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    return tf
+
+
+def setup(*, seed: int, deterministic: bool = True) -> dict[str, Any]:
+    """Seed Python/NumPy/TensorFlow and pick the device path; return what was chosen.
+
+    On a GPU: mixed precision (float16 compute, float32 softmax) and XLA for `fit`.
+    Op determinism is enabled on request; on a GPU it may cost speed.
+    """
+    tf = import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    policy = "mixed_float16" if gpus else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return {
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "gpus": len(gpus),
+        "precision": policy,
+        "jit_compile": bool(gpus),
+        "deterministic": deterministic,
+        "seed": seed,
+    }
+
+
+def compile_model(model, *, learning_rate: float, jit_compile: bool | str = "auto") -> None:
+    """Adam + sparse categorical cross-entropy on the softmax output, with accuracy."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+
+
+def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
+        out_dir: str | Path, epochs: int, batch_size: int, learning_rate: float, patience: int,
+        seed: int = 0, jit_compile: bool | str = "auto"):
+    """Train `model` with early stopping on val loss; write `history.csv` into `out_dir`.
+
+    Training resumes from the last finished epoch if a previous attempt was killed
+    (`keras.callbacks.BackupAndRestore` in `out_dir/backup`). Returns the history DataFrame.
+    """
+    import keras
+    import pandas as pd
+
+    from kernelib.data import make_dataset
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compile_model(model, learning_rate=learning_rate, jit_compile=jit_compile)
+    log = out_dir / ".history.partial.csv"
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(log), append=True),
+        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+    ]
+    model.fit(
+        make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
+        validation_data=make_dataset(*val, batch_size=batch_size),
+        epochs=epochs, callbacks=callbacks, verbose=2, shuffle=False,
+    )
+    history = pd.read_csv(log)
+    io.write_text(out_dir / "history.csv", history.to_csv(index=False))
+    os.remove(log)
+    shutil.rmtree(out_dir / "backup", ignore_errors=True)
+    return history
+
+
+def read_history(path: str | Path):
+    import pandas as pd
+
+    return pd.read_csv(path)
