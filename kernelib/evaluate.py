@@ -187,4 +187,4 @@ def load_selected(run):
     summary = io.read_json(run.require(run.metrics / "summary.json", "evaluate"))
     files = io.read_json(run.require(run.merged / "models.json", "merge"))
     name = summary["selected"]
-    return name, keras.saving.load_model(run.root / files[name]["path"])
+    return name, keras.saving.load_model(run.root / files[name]["path"], compile=False)

@@ -116,7 +116,7 @@ def _predict_with_runtime(fmt: str, path: str, x: np.ndarray) -> np.ndarray:
 
         import kernelib.merge  # noqa: F401  registers kernelib's serializable layers
 
-        model = keras.saving.load_model(path, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
         return np.asarray(model.predict(x, batch_size=256, verbose=0))
     if fmt == "saved_model":
         import tensorflow as tf

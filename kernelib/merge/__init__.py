@@ -82,7 +82,7 @@ def save(model, path, *, check_x: np.ndarray) -> float:
 
     with io.atomic_path(path) as tmp:
         model.save(tmp)
-    reloaded = keras.saving.load_model(path)
+    reloaded = keras.saving.load_model(path, compile=False)
     before = model.predict(check_x, batch_size=256, verbose=0)
     after = reloaded.predict(check_x, batch_size=256, verbose=0)
     return float(np.max(np.abs(np.asarray(before) - np.asarray(after))))

@@ -1,0 +1,178 @@
+"""End to end: the real `kernelib run` (papermill kernels, nbconvert HTML, real exports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, predict_in_fresh_process
+from kernelib import pipeline
+from kernelib.errors import StageFailedError
+
+pytestmark = pytest.mark.e2e
+
+
+def kernelib_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kernelib.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One real run of configs/smoke.yaml into a temporary folder."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    proc = kernelib_cli("run", str(ROOT / "configs" / "smoke.yaml"), "--run-id", "smoke-test",
+                        "--runs-dir", str(tmp / "runs"), "--reports-dir", str(tmp / "reports"),
+                        cwd=tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"proc": proc, "run": tmp / "runs" / "smoke-test",
+            "reports": tmp / "reports" / "smoke-test", "tmp": tmp}
+
+
+def test_progress_and_report_location_are_printed(smoke):
+    out = smoke["proc"].stdout
+    assert "[1/7] load" in out and "[7/7] export" in out
+    assert f"report:     {smoke['reports'] / 'index.html'}" in out
+
+
+def test_run_folder_holds_every_artifact(smoke):
+    run = smoke["run"]
+    for rel in ["config.yaml", "data/raw.npz", "data/splits.npz", "data/preprocess.keras",
+                "data/card.json", "members/members.json", "members/mlp_0/model.keras",
+                "members/mlp_0/history.csv", "members/cnn_0/model.keras",
+                "merged/average.keras", "merged/concat.keras", "merged/predictions.npz",
+                "metrics/comparison.json", "metrics/summary.json", "export/exports.json",
+                "export/digits-smoke.keras", "export/digits-smoke/1/saved_model.pb"]:
+        assert (run / rel).exists(), rel
+    for nb in sorted((run / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(nb, as_version=4).cells:
+            for out in cell.get("outputs", []):
+                assert out.get("output_type") != "error", f"{nb.name}: {out.get('evalue')}"
+    assert not [p for p in run.rglob(".*")], "no temporary files left behind"
+
+
+def test_manifest(smoke):
+    m = json.loads((smoke["run"] / "manifest.json").read_text())
+    assert m["status"] == "succeeded" and m["run_id"] == "smoke-test"
+    assert [s["label"] for s in m["stages"]] == [
+        "load", "preprocess", "train:mlp_0", "train:cnn_0", "merge", "evaluate", "export"]
+    assert all(s["status"] == "succeeded" and s["duration_s"] > 0 for s in m["stages"])
+    assert set(m["versions"]) >= {"python", "tensorflow", "keras", "kernelib", "papermill"}
+    assert m["config"]["train"]["epochs"] == 3 and m["seed"] == 0
+    assert len(m["config_hash"]) == 64
+    executed = nbformat.read(smoke["run"] / "notebooks" / "03_train_cnn_0.ipynb", as_version=4)
+    assert executed.metadata.papermill.parameters["name"] == "cnn_0"
+
+
+def test_html_reports(smoke):
+    reports = smoke["reports"]
+    pages = sorted(p.name for p in reports.glob("*.html"))
+    assert pages == ["01_load.html", "02_preprocess.html", "03_train_cnn_0.html",
+                     "03_train_mlp_0.html", "04_merge.html", "05_evaluate.html",
+                     "06_export.html", "index.html"]
+    for name in ["01_load.html", "03_train_mlp_0.html", "04_merge.html", "05_evaluate.html"]:
+        assert "data:image/png;base64," in (reports / name).read_text(), name
+    index = (reports / "index.html").read_text()
+    assert "Members vs merged models" in index and "Selected model" in index
+    for model in ["mlp_0", "cnn_0", "average", "concat"]:
+        assert f"<td>{model}</td>" in index
+    assert (reports.parent / "index.html").read_text().count("smoke-test/index.html") == 1
+
+
+def test_saved_model_matches_keras_model_in_fresh_processes(smoke, tmp_path):
+    from kernelib import data
+
+    x = data.read_splits(smoke["run"] / "data" / "splits.npz").x_test
+    export_dir = smoke["run"] / "export"
+    from_keras = predict_in_fresh_process(export_dir / "digits-smoke.keras", x, tmp_path, "keras")
+    from_sm = predict_in_fresh_process(export_dir / "digits-smoke" / "1", x, tmp_path,
+                                       "saved_model")
+    assert np.max(np.abs(from_keras - from_sm)) <= 1e-5
+    summary = json.loads((smoke["run"] / "metrics" / "summary.json").read_text())
+    y = data.read_splits(smoke["run"] / "data" / "splits.npz").y_test
+    assert float(np.mean(from_sm.argmax(1) == y)) == pytest.approx(summary["test_accuracy"])
+
+
+def test_report_rerenders_latest_run(smoke):
+    index = smoke["reports"] / "index.html"
+    index.unlink()
+    proc = kernelib_cli("report", "--runs-dir", str(smoke["tmp"] / "runs"), "--reports-dir",
+                        str(smoke["tmp"] / "reports"), cwd=smoke["tmp"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert index.exists()
+
+
+def _write_config(tmp: Path, **changes) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    for section, values in changes.items():
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _make_member(path: Path, input_shape, n_classes):
+    import keras
+
+    inp = keras.Input(input_shape)
+    out = keras.layers.Dense(n_classes, activation="softmax")(keras.layers.Flatten()(inp))
+    keras.Model(inp, out).save(path)
+
+
+@pytest.mark.parametrize("case, code, match", [
+    ("unknown_key", 2, r"train\.epohcs: unknown key"),
+    ("wrong_type", 2, r"train\.batch_size: .*integer"),
+    ("missing_file", 1, r"MemberError: member file not found.*ghost\.keras"),
+    ("wrong_shape", 1, r"member 'rgb' takes \(8, 8, 3\).*needs \(8, 8, 1\)"),
+    ("wrong_classes", 1, r"member 'five' predicts 5 classes.*has 10"),
+])
+def test_bad_input_fails_before_any_run_folder(tmp_path, case, code, match):
+    members = [{"name": "mlp_0", "recipe": "mlp"}]
+    if case == "unknown_key":
+        cfg = _write_config(tmp_path, train={"epohcs": 1})
+    elif case == "wrong_type":
+        cfg = _write_config(tmp_path, train={"batch_size": "big"})
+    elif case == "missing_file":
+        cfg = _write_config(tmp_path, load={"members": members + [{"name": "g", "path": "ghost.keras"}]})
+    elif case == "wrong_shape":
+        _make_member(tmp_path / "rgb.keras", (8, 8, 3), 10)
+        cfg = _write_config(tmp_path, load={"members": members + [{"name": "rgb", "path": "rgb.keras"}]})
+    else:
+        _make_member(tmp_path / "five.keras", (8, 8, 1), 5)
+        cfg = _write_config(tmp_path, load={"members": members + [{"name": "five", "path": "five.keras"}]})
+    proc = kernelib_cli("run", str(cfg), "--runs-dir", "runs", "--reports-dir", "reports",
+                        cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert __import__("re").search(match, proc.stderr), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+def test_failing_stage_stops_the_chain_and_still_reports(tmp_path):
+    nb_dir = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", nb_dir)
+    nb = nbformat.read(nb_dir / "02_preprocess.ipynb", as_version=4)
+    nb.cells.insert(3, nbformat.v4.new_code_cell('raise RuntimeError("planted failure")'))
+    nbformat.write(nb, nb_dir / "02_preprocess.ipynb")
+    with pytest.raises(StageFailedError, match=r"stage 'preprocess' failed: cell \d+: "
+                                               r"RuntimeError: planted failure"):
+        pipeline.run(ROOT / "configs" / "smoke.yaml", runs_dir=tmp_path / "runs",
+                     reports_dir=tmp_path / "reports", run_id="broken", nb_dir=nb_dir,
+                     progress=False)
+    m = json.loads((tmp_path / "runs" / "broken" / "manifest.json").read_text())
+    assert m["status"] == "failed"
+    assert [s["status"] for s in m["stages"]][:3] == ["succeeded", "failed", "pending"]
+    page = (tmp_path / "reports" / "broken" / "02_preprocess.html").read_text()
+    assert "An Exception was encountered at" in page and "planted failure" in page
+    assert "failed" in (tmp_path / "reports" / "broken" / "index.html").read_text()
+    assert not (tmp_path / "runs" / "broken" / "members" / "mlp_0").exists()
