@@ -31,15 +31,15 @@ def _cnn(x, keras):
 
 def _resnet(x, keras):
     x = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(x)
-    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
     x = keras.layers.Activation("relu")(x)
     for _ in range(2):
         shortcut = x
         y = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(x)
-        y = keras.layers.BatchNormalization()(y)
+        y = keras.layers.BatchNormalization(momentum=0.9)(y)
         y = keras.layers.Activation("relu")(y)
         y = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(y)
-        y = keras.layers.BatchNormalization()(y)
+        y = keras.layers.BatchNormalization(momentum=0.9)(y)
         x = keras.layers.Activation("relu")(keras.layers.Add()([shortcut, y]))
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.layers.Dense(64, activation="relu", name="features")(x)

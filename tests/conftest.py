@@ -50,7 +50,7 @@ def predict_in_fresh_process(path: Path, x: np.ndarray, tmp_path: Path, kind: st
     x_path, out = tmp_path / f"x_{kind}.npy", tmp_path / f"out_{kind}.npy"
     np.save(x_path, x.astype("float32"))
     loaders = {
-        "keras": "import keras, kernelib.merge; m = keras.saving.load_model(p); "
+        "keras": "import keras; m = keras.saving.load_model(p); "
                  "y = m.predict(x, verbose=0)",
         "saved_model": "import tensorflow as tf; f = tf.saved_model.load(p).signatures"
                        "['serving_default']; y = list(f(tf.constant(x)).values())[0].numpy()",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kernelib.errors import MergeError
-from kernelib.merge.average import WeightedAverage, merge_average
+from kernelib.merge.average import merge_average
 from kernelib.merge.concat import merge_concat
 
 _TABLE: dict[str, Callable] = {
@@ -88,4 +88,4 @@ def save(model, path, *, check_x: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(before) - np.asarray(after))))
 
 
-__all__ = ["STRATEGIES", "WeightedAverage", "merge", "merge_many", "save", "save_all"]
+__all__ = ["STRATEGIES", "merge", "merge_many", "save", "save_all"]
