@@ -1,8 +1,16 @@
-"""The stage chain: validate a config, execute the notebooks with papermill, record a manifest.
+"""The stage chain: validate a config, execute the notebooks with papermill, cache, record a manifest.
 
-`run(config_path)` reads as the sequence it performs: validate, check member files, create
-the run folder, then for each stage execute its notebook, render its report and update the
-manifest. A failing stage still leaves its executed notebook and HTML report.
+`run(config_path)` reads as the sequence it performs: validate the config and the member files,
+take the run folder's lock, then for each step either reuse a cached result (same cache key in
+this or an earlier run) or execute its notebook, render its report and record it in the manifest.
+A failing stage still leaves its executed notebook and HTML report.
+
+A step's cache key hashes the notebook (code and markdown, not outputs), the step's parameters
+(without the run folder), every source file of the installed `kernelib` package, the versions
+of the libraries results depend on, member files given by path, and the hashes of everything
+earlier steps produced. Any edit of a kernelib source file therefore re-runs every stage: the
+notebooks import kernelib lazily inside functions, so a per-module import graph would miss
+dependencies (the gap Ploomber's cache has); re-running all is the safe answer.
 """
 
 from __future__ import annotations
@@ -13,9 +21,13 @@ import json
 import os
 import platform
 import re
+import shutil
+import signal
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,7 +36,7 @@ import yaml
 
 from kernelib import io, params, report
 from kernelib.errors import ConfigError, PipelineError, StageFailedError
-from kernelib.rundir import RunDir, kernel_env
+from kernelib.rundir import DEVICE_FILE, RunDir, kernel_env
 
 NOTEBOOKS = {
     "load": "01_load.ipynb",
@@ -34,6 +46,7 @@ NOTEBOOKS = {
     "evaluate": "05_evaluate.ipynb",
     "export": "06_export.ipynb",
 }
+LOCK = ".lock"
 
 
 def notebooks_dir() -> Path:
@@ -45,7 +58,7 @@ def notebooks_dir() -> Path:
     if (cwd / NOTEBOOKS["load"]).exists():
         return cwd
     raise PipelineError(f"stage notebooks not found in '{here}' or '{cwd}'; run kernelib from "
-                        "a checkout of the repository (or pass notebooks_dir).")
+                        "a checkout of the repository (or pass nb_dir).")
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,14 @@ class Step:
     notebook: str
     output: str
     parameters: dict[str, Any]
+
+    @property
+    def output_scope(self) -> str:
+        """Folder the step's outputs are looked for in ('' = the whole run folder)."""
+        return f"members/{self.parameters['name']}" if self.stage == "train" else ""
+
+
+# ---------------------------------------------------------------------------- configuration
 
 
 def resolve_member_paths(config: params.Config, base: Path) -> params.Config:
@@ -70,11 +91,11 @@ def resolve_member_paths(config: params.Config, base: Path) -> params.Config:
 
 def check_member_files(config: params.Config) -> None:
     """Before any run folder exists: every member file loads and fits the dataset."""
-    from kernelib import data, members
-
     given = [m for m in config.load.members if m.path]
     if not given:
         return
+    from kernelib import data, members
+
     info = data.dataset_info(config.load.dataset)
     for spec in given:
         member = members.load_member(spec.path, name=spec.name)
@@ -101,6 +122,28 @@ def plan(config: params.Config, run_root: Path) -> list[Step]:
     return steps
 
 
+def select_steps(steps: list[Step], *, from_stage: str | None, only: str | None) -> set[str]:
+    """Labels of the steps that must execute regardless of the cache (`--from`, `--only`)."""
+    def matching(name: str, option: str) -> list[int]:
+        idx = [i for i, s in enumerate(steps) if name in (s.stage, s.label)]
+        if not idx:
+            valid = sorted({s.stage for s in steps} | {s.label for s in steps})
+            raise ConfigError(f"{option} '{name}' is not a step of this run; valid: {valid}")
+        return idx
+
+    if from_stage and only:
+        raise ConfigError("use either --from or --only, not both")
+    if from_stage:
+        first = matching(from_stage, "--from")[0]
+        return {s.label for s in steps[first:]}
+    if only:
+        return {steps[i].label for i in matching(only, "--only")}
+    return set()
+
+
+# ---------------------------------------------------------------------------- hashing
+
+
 def versions() -> dict[str, str]:
     """Versions of the pieces a result depends on (without importing TensorFlow)."""
     out = {"python": platform.python_version()}
@@ -113,9 +156,85 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def config_hash(config: params.Config) -> str:
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()
+    return _digest(config.model_dump(mode="json"))
+
+
+def notebook_hash(path: Path) -> str:
+    """Hash of a notebook's code and markdown (cell types and sources), not its outputs."""
+    nb = json.loads(path.read_text())
+    return _digest([(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list)
+                     else c["source"]) for c in nb["cells"]])
+
+
+def sources_hash(package_dir: Path | None = None) -> str:
+    """Hash of every source file of the installed kernelib package."""
+    package_dir = package_dir or Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(package_dir.rglob("*.py")):
+        h.update(str(f.relative_to(package_dir)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def step_key(step: Step, *, notebook: str, sources: str, upstream: dict[str, str],
+             env: dict[str, str]) -> str:
+    """The cache key of one step (see the module docstring for what goes in)."""
+    p = {k: v for k, v in step.parameters.items() if k != "run_dir"}
+    given = {}
+    if step.stage == "load":
+        for m in p.get("members", []):
+            if m.get("path") and Path(m["path"]).is_file():
+                given[m["name"]] = io.sha256(m["path"])
+    return _digest({"label": step.label, "notebook": notebook, "params": p, "sources": sources,
+                    "versions": env, "given_files": given, "upstream": upstream})
+
+
+def plan_keys(config: params.Config, run_root: Path, *, nb_dir: Path,
+              package_dir: Path | None = None,
+              outputs: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """Cache keys of every step, given the outputs each step produced (for inspection/tests)."""
+    outputs = outputs or {}
+    sources, env, upstream, keys = sources_hash(package_dir), versions(), {}, {}
+    for step in plan(config, run_root):
+        keys[step.label] = step_key(step, notebook=notebook_hash(nb_dir / step.notebook),
+                                    sources=sources, upstream=dict(upstream), env=env)
+        upstream |= outputs.get(step.label, {})
+    return keys
+
+
+def _snapshot(root: Path, scope: str = "") -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every artifact file under `root/scope` (hidden files, notebooks excluded)."""
+    base = root / scope if scope else root
+    out = {}
+    if not base.exists():
+        return out
+    for p in base.rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts) \
+                and rel.parts[0] != "notebooks" and rel.parts[0] != "manifest.json" \
+                and "backup" not in rel.parts:
+            st = p.stat()
+            out[str(rel)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _changed(root: Path, before: dict, scope: str = "") -> dict[str, str]:
+    after = _snapshot(root, scope)
+    return {rel: io.sha256(root / rel) for rel, stat in sorted(after.items())
+            if before.get(rel) != stat}
+
+
+def _intact(root: Path, outputs: dict[str, str]) -> bool:
+    return all((root / rel).is_file() and io.sha256(root / rel) == sha
+               for rel, sha in outputs.items())
+
+
+# ---------------------------------------------------------------------------- the run
 
 
 def _now() -> str:
@@ -126,11 +245,75 @@ def new_run_id(config: params.Config) -> str:
     return f"{config.run.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
+def git_state(path: Path | None = None) -> dict[str, Any]:
+    """Commit of the working tree kernelib runs from, and whether it has uncommitted changes."""
+    path = path or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=path, capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+class RunLock:
+    """An exclusive lock on a run folder: a second run with the same run id is refused."""
+
+    def __init__(self, root: Path):
+        self.path = root / LOCK
+
+    def __enter__(self) -> RunLock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = self._holder()
+                if pid and _alive(pid):
+                    raise PipelineError(
+                        f"run folder '{self.path.parent}' is in use by process {pid}; wait for "
+                        "that run to finish or choose another --run-id.") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return self
+        raise PipelineError(f"could not lock run folder '{self.path.parent}'")
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
         reports_dir: str | Path = "reports", run_id: str | None = None,
         kernel_name: str = "python3", nb_dir: str | Path | None = None,
-        progress: bool = True) -> Path:
+        progress: bool = True, force: bool = False, from_stage: str | None = None,
+        only: str | None = None, jobs: int = 1) -> Path:
     """Run the whole chain for a config file; return the run folder.
+
+    Steps whose cache key matches a succeeded step of this run or of an earlier run in
+    `runs_dir` are reused ("cached (from run X)"); `force` re-runs everything, `from_stage`
+    re-runs from that stage on, `only` runs one stage (or one `train:<member>`) and takes
+    every other step from the cache. `jobs` trains up to that many members at once.
 
     Raises ConfigError/MemberError before anything is created when the config or a member
     file is bad, and StageFailedError (after writing the failed notebook, its report and
@@ -138,66 +321,264 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
     """
     config_path = Path(config_path)
     config = resolve_member_paths(params.load_config(config_path), config_path.parent.resolve())
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1; received {jobs}")
     check_member_files(config)
     nb_dir = Path(nb_dir) if nb_dir else notebooks_dir()
-    os.environ.update(kernel_env())  # kernels inherit it
     run_id = run_id or new_run_id(config)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", run_id):
         raise ConfigError(f"run id must use letters, digits, '.', '_' or '-'; received {run_id!r}")
-    run_root = Path(runs_dir).resolve() / run_id
-    if run_root.exists():
-        raise PipelineError(f"run folder '{run_root}' already exists; choose another --run-id "
-                            "or remove the folder.")
+    runs_dir = Path(runs_dir).resolve()
+    run_root = runs_dir / run_id
     report_dir = Path(reports_dir).resolve() / run_id
     steps = plan(config, run_root)
+    forced = {s.label for s in steps} if force else select_steps(steps, from_stage=from_stage,
+                                                                   only=only)
+    only_mode = bool(only)
+    os.environ.update(kernel_env())  # kernels inherit it
     rd = RunDir(run_root)
-    rd.notebooks.mkdir(parents=True)
-    io.write_text(run_root / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"),
-                                                           sort_keys=False))
-    manifest = {
-        "run_id": run_id, "status": "running", "started": _now(), "config": config.model_dump(
-            mode="json"), "config_hash": config_hash(config), "seed": config.run.seed,
-        "versions": versions(), "command": " ".join(sys.argv), "stages": [
-            {"stage": s.stage, "label": s.label, "notebook": f"notebooks/{s.output}",
-             "status": "pending"} for s in steps],
-    }
-    io.write_json(rd.manifest, manifest)
-    t_run = time.perf_counter()
-    try:
-        for i, (step, record) in enumerate(zip(steps, manifest["stages"], strict=True), 1):
-            if progress:
-                print(f"[{i}/{len(steps)}] {step.label}", flush=True)
-            _run_step(step, record, nb_dir=nb_dir, rd=rd, report_dir=report_dir,
-                      kernel_name=kernel_name, progress=progress)
+    rd.notebooks.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_root):
+        manifest = _start_manifest(rd, config, run_id, steps)
+        runner = _Runner(rd, report_dir, nb_dir, runs_dir, kernel_name, progress, manifest)
+        t_run = time.perf_counter()
+        try:
+            runner.run_all(steps, forced=forced, only_mode=only_mode, jobs=jobs)
+            manifest["status"] = "succeeded"
+        except KeyboardInterrupt:
+            manifest["status"] = "interrupted"
+            raise
+        except StageFailedError:
+            manifest["status"] = "failed"
+            raise
+        except BaseException:
+            manifest["status"] = "failed"
+            raise
+        finally:
+            manifest["ended"] = _now()
+            manifest["duration_s"] = round(time.perf_counter() - t_run, 2)
+            manifest["artifacts"] = {rel: io.sha256(run_root / rel)
+                                     for rel in sorted(_snapshot(run_root))}
+            card = run_root / "data" / "card.json"
+            if card.exists():
+                manifest["data_hash"] = io.read_json(card).get("sha256")
             io.write_json(rd.manifest, manifest)
-            if record["status"] == "failed":
-                manifest["status"] = "failed"
-                raise StageFailedError(
-                    f"stage '{step.label}' failed: {record['error']}. The executed notebook is "
-                    f"'{run_root / record['notebook']}', its report "
-                    f"'{report_dir / record['report']}'."
-                )
-        manifest["status"] = "succeeded"
-    except KeyboardInterrupt:
-        manifest["status"] = "interrupted"
-        raise
-    finally:
-        manifest["ended"] = _now()
-        manifest["duration_s"] = round(time.perf_counter() - t_run, 2)
-        manifest["artifacts"] = _artifacts(run_root)
-        io.write_json(rd.manifest, manifest)
-        report.write_index(run_root, report_dir)
-        report.write_runs_index(report_dir.parent)
+            report.write_index(run_root, report_dir)
+            report.write_runs_index(report_dir.parent)
     return run_root
 
 
-def _run_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDir,
-              report_dir: Path, kernel_name: str, progress: bool) -> None:
-    """Execute one notebook with papermill, render it, fill in its manifest record."""
+def _start_manifest(rd: RunDir, config: params.Config, run_id: str,
+                    steps: list[Step]) -> dict[str, Any]:
+    """A fresh manifest, keeping earlier records of this run id (resume) where steps match."""
+    old = io.read_json(rd.manifest) if rd.manifest.exists() else {}
+    old_records = {s["label"]: s for s in old.get("stages", [])}
+    io.write_text(rd.root / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"),
+                                                          sort_keys=False))
+    manifest = {
+        "run_id": run_id, "status": "running", "started": _now(),
+        "config": config.model_dump(mode="json"), "config_hash": config_hash(config),
+        "seed": config.run.seed, "deterministic": config.run.deterministic,
+        "versions": versions(), "git": git_state(), "command": " ".join(sys.argv),
+        "resumed": bool(old), "stages": [],
+    }
+    for s in steps:
+        rec = {"stage": s.stage, "label": s.label, "notebook": f"notebooks/{s.output}",
+               "status": "pending"}
+        prev = old_records.get(s.label)
+        if prev and prev.get("status") == "succeeded":
+            rec["previous"] = {k: prev.get(k) for k in ("key", "outputs", "cached_from",
+                                                        "report", "duration_s", "device")}
+        manifest["stages"].append(rec)
+    io.write_json(rd.manifest, manifest)
+    return manifest
+
+
+@dataclass
+class _Runner:
+    rd: RunDir
+    report_dir: Path
+    nb_dir: Path
+    runs_dir: Path
+    kernel_name: str
+    progress: bool
+    manifest: dict[str, Any]
+
+    def run_all(self, steps: list[Step], *, forced: set[str], only_mode: bool, jobs: int):
+        """Each step in order: reuse a cached result or execute it (train steps as one group).
+
+        With `only_mode`, steps before the selected ones must come from the cache and steps
+        after them are skipped.
+        """
+        sources, env = sources_hash(), versions()
+        upstream: dict[str, str] = {}
+        records = self.manifest["stages"]
+        last = max(k for k, s in enumerate(steps) if s.label in forced) if only_mode else None
+        i = 0
+        while i < len(steps):
+            j = i + 1
+            while steps[i].stage == "train" and j < len(steps) and steps[j].stage == "train":
+                j += 1
+            to_execute = []
+            for k in range(i, j):
+                step, rec = steps[k], records[k]
+                if last is not None and k > last:
+                    rec.update(status="skipped", outputs={})
+                    continue
+                rec["key"] = step_key(step, notebook=notebook_hash(self.nb_dir / step.notebook),
+                                      sources=sources, upstream=dict(upstream), env=env)
+                if step.label not in forced and self._reuse(step, rec):
+                    self._say(k, steps, f"cached (from run {rec['cached_from']})")
+                elif only_mode and step.label not in forced:
+                    raise PipelineError(
+                        f"--only: step '{step.label}' has no cached result to reuse (no earlier "
+                        "run with the same inputs); run the chain without --only first.")
+                else:
+                    self._say(k, steps, "running")
+                    to_execute.append(k)
+            self._execute(steps, to_execute, jobs)
+            for k in range(i, j):
+                upstream |= records[k].get("outputs", {})
+            i = j
+
+    def _say(self, k: int, steps: list[Step], what: str) -> None:
+        if self.progress:
+            print(f"[{k + 1}/{len(steps)}] {steps[k].label}: {what}", flush=True)
+
+    def _reuse(self, step: Step, rec: dict[str, Any]) -> bool:
+        """Reuse this run's earlier result, or copy one from another run with the same key."""
+        prev = rec.pop("previous", None)
+        if prev and prev.get("key") == rec["key"] and _intact(self.rd.root, prev["outputs"]):
+            rec.update(status="succeeded", outputs=prev["outputs"], report=prev.get("report"),
+                       cached_from=prev.get("cached_from") or self.manifest["run_id"],
+                       duration_s=0.0, device=prev.get("device"))
+            self._ensure_report(step, rec)
+            return True
+        for other in self._other_runs():
+            for srec in other["manifest"].get("stages", []):
+                if srec.get("key") == rec["key"] and srec.get("status") == "succeeded" \
+                        and _intact(other["root"], srec.get("outputs", {})):
+                    self._copy(other["root"], srec, step)
+                    rec.update(status="succeeded", outputs=srec["outputs"], duration_s=0.0,
+                               cached_from=srec.get("cached_from") or other["manifest"]["run_id"],
+                               device=srec.get("device"))
+                    self._ensure_report(step, rec, source=other)
+                    return True
+        return False
+
+    def _other_runs(self) -> Iterable[dict[str, Any]]:
+        """Earlier runs in the runs folder, newest first."""
+        found = []
+        for m in self.runs_dir.glob("*/manifest.json"):
+            if m.parent == self.rd.root:
+                continue
+            try:
+                found.append({"root": m.parent, "manifest": io.read_json(m)})
+            except (OSError, ValueError):
+                continue
+        return sorted(found, key=lambda r: r["manifest"].get("started", ""), reverse=True)
+
+    def _copy(self, src_root: Path, srec: dict[str, Any], step: Step) -> None:
+        for rel in srec["outputs"]:
+            dest = self.rd.root / rel
+            with io.atomic_path(dest) as tmp:
+                shutil.copy2(src_root / rel, tmp)
+        nb = src_root / srec["notebook"]
+        if nb.exists():
+            with io.atomic_path(self.rd.notebooks / step.output) as tmp:
+                shutil.copy2(nb, tmp)
+
+    def _ensure_report(self, step: Step, rec: dict[str, Any], source: dict | None = None):
+        html_name = Path(step.output).with_suffix(".html").name
+        rec["report"] = html_name
+        if (self.report_dir / html_name).exists() and source is None:
+            return
+        nb = self.rd.notebooks / step.output
+        if nb.exists():
+            report.render_notebook(nb, self.report_dir / html_name)
+
+    def _execute(self, steps: list[Step], indices: list[int], jobs: int) -> None:
+        records = self.manifest["stages"]
+        if jobs > 1 and len(indices) > 1:
+            self._execute_parallel(steps, indices, jobs)
+        else:
+            for k in indices:
+                _execute_step(steps[k], records[k], nb_dir=self.nb_dir, rd=self.rd,
+                              kernel_name=self.kernel_name, progress=self.progress)
+                self._finish(steps[k], records[k])
+        io.write_json(self.rd.manifest, self.manifest)
+
+    def _finish(self, step: Step, rec: dict[str, Any]) -> None:
+        """Render the report and persist the manifest; raise when the step failed."""
+        html_name = Path(step.output).with_suffix(".html").name
+        out = self.rd.notebooks / step.output
+        if out.exists():
+            report.render_notebook(out, self.report_dir / html_name)
+            rec["report"] = html_name
+        io.write_json(self.rd.manifest, self.manifest)
+        if rec["status"] == "failed":
+            raise StageFailedError(
+                f"stage '{step.label}' failed: {rec['error']}. The executed notebook is "
+                f"'{self.rd.root / rec['notebook']}', its report "
+                f"'{self.report_dir / html_name}'."
+            )
+        if rec["status"] == "interrupted":
+            raise KeyboardInterrupt
+
+    def _execute_parallel(self, steps: list[Step], indices: list[int], jobs: int) -> None:
+        """Up to `jobs` steps at once, each in its own process with a share of the cores."""
+        records = self.manifest["stages"]
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        pending, running = list(indices), {}
+        failed = None
+        try:
+            while pending or running:
+                while pending and len(running) < jobs and failed is None:
+                    k = pending.pop(0)
+                    if self.progress:
+                        print(f"  started {steps[k].label} ({threads} thread(s))", flush=True)
+                    running[k] = _spawn_step(steps[k], self.rd, self.nb_dir, self.kernel_name,
+                                             threads)
+                for k, (proc, result) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[k]
+                    rec = records[k]
+                    rec.update(io.read_json(result) if result.exists() else {
+                        "status": "failed", "error": f"worker exited with code {proc.returncode}"})
+                    if self.progress:
+                        print(f"  finished {steps[k].label}: {rec['status']}", flush=True)
+                    try:
+                        self._finish(steps[k], rec)
+                    except StageFailedError as err:
+                        failed = failed or err
+                if failed is not None and not running:
+                    raise failed
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            for proc, _ in running.values():
+                proc.send_signal(signal.SIGINT)
+            for proc, _ in running.values():
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            for k in running:
+                records[k]["status"] = "interrupted"
+            raise
+
+
+def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDir,
+                  kernel_name: str, progress: bool) -> None:
+    """Execute one notebook with papermill and fill in its manifest record."""
     import papermill as pm
 
     out = rd.notebooks / step.output
+    before = _snapshot(rd.root, step.output_scope)
+    (rd.root / DEVICE_FILE.format(label=step.label.replace(":", "_"))).unlink(missing_ok=True)
     record.update(status="running", started=_now(), parameters=step.parameters)
+    record.pop("cached_from", None)
+    record.pop("error", None)
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(
@@ -206,26 +587,48 @@ def _run_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDir,
         )
         record["status"] = "succeeded"
     except pm.PapermillExecutionError as err:
-        record["status"] = "failed"
-        record["error"] = (f"cell {err.exec_count or err.cell_index}: {err.ename}: "
-                           f"{str(err.evalue).splitlines()[0] if err.evalue else ''}")
+        first = str(err.evalue).splitlines()[0] if err.evalue else ""
+        record.update(status="failed", error_type=err.ename, error_message=first,
+                      error=f"cell {err.exec_count or err.cell_index}: {err.ename}: {first}")
+    except KeyboardInterrupt:
+        record.update(status="interrupted", error="interrupted (Ctrl-C)")
+    except Exception as err:  # noqa: BLE001  e.g. the kernel died (out of memory, killed)
+        record.update(status="failed", error_type=type(err).__name__,
+                      error=f"{type(err).__name__}: {err}")
     record["ended"] = _now()
     record["duration_s"] = round(time.perf_counter() - t0, 2)
-    html_name = Path(step.output).with_suffix(".html").name
-    report.render_notebook(out, report_dir / html_name)
-    record["report"] = html_name
+    record["outputs"] = _changed(rd.root, before, step.output_scope) \
+        if record["status"] == "succeeded" else {}
+    device = rd.root / DEVICE_FILE.format(label=step.label.replace(":", "_"))
+    if device.exists():
+        record["device"] = io.read_json(device)
+        device.unlink()
 
 
-def _artifacts(run_root: Path) -> list[str]:
-    skip = {"manifest.json"}
-    files = []
-    for p in sorted(run_root.rglob("*")):
-        rel = p.relative_to(run_root)
-        if p.is_file() and str(rel) not in skip and not any(s.startswith(".") for s in rel.parts):
-            if "saved_model.pb" == p.name or p.suffix in {".keras", ".json", ".npz", ".csv",
-                                                            ".yaml", ".ipynb"}:
-                files.append(str(rel))
-    return files
+def _spawn_step(step: Step, rd: RunDir, nb_dir: Path, kernel_name: str, threads: int):
+    """Start `python -m kernelib.pipeline` for one step in its own process."""
+    job = rd.root / f".job-{step.label.replace(':', '_')}.json"
+    result = job.with_suffix(".result.json")
+    result.unlink(missing_ok=True)
+    io.write_json(job, {"step": asdict(step), "nb_dir": str(nb_dir), "kernel_name": kernel_name,
+                        "result": str(result)})
+    env = {**os.environ, **kernel_env(threads)}
+    proc = subprocess.Popen([sys.executable, "-m", "kernelib.pipeline", str(job)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, result
+
+
+def _worker(job_path: str) -> int:
+    """Entry point of a parallel step: execute it and write its record to the result file."""
+    job = io.read_json(job_path)
+    step = Step(**job["step"])
+    rd = RunDir(Path(step.parameters["run_dir"]))
+    record: dict[str, Any] = {}
+    _execute_step(step, record, nb_dir=Path(job["nb_dir"]), rd=rd,
+                  kernel_name=job["kernel_name"], progress=False)
+    io.write_json(job["result"], record)
+    Path(job_path).unlink(missing_ok=True)
+    return 0
 
 
 def latest_run(runs_dir: str | Path = "runs") -> Path:
@@ -248,3 +651,7 @@ def rerender(run_root: str | Path, reports_dir: str | Path = "reports") -> Path:
     index = report.write_index(run_root, report_dir)
     report.write_runs_index(report_dir.parent)
     return index
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))

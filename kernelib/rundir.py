@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernelib import io
 from kernelib import params as P
 from kernelib.errors import PipelineError
+
+DEVICE_FILE = ".device-{label}.json"  # written by each stage, folded into the manifest
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,16 @@ def start_stage(stage: str, *, run_dir: str, seed: int = 0, deterministic: bool 
     from kernelib import train  # TensorFlow import: only once the parameters are known good
 
     device = train.setup(seed=common.seed, deterministic=common.deterministic)
+    label = f"{stage}_{values['name']}" if stage == "train" else stage
+    io.write_json(root / DEVICE_FILE.format(label=label), device)
     return Stage(name=stage, params=stage_params, run=RunDir(root), seed=common.seed,
                  device=device)
 
 
-def kernel_env() -> dict[str, str]:
-    """Environment for kernel processes: TensorFlow's C++ logging limited to fatal errors."""
-    return {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+def kernel_env(threads: int | None = None) -> dict[str, str]:
+    """Environment for kernel processes: TensorFlow's C++ logging limited to fatal errors;
+    with `threads`, TensorFlow's and OpenMP's thread pools capped (parallel jobs)."""
+    env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    if threads:
+        env |= {"KERNELIB_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    return env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -35,6 +36,13 @@ def import_tensorflow():
     with _quiet_stderr():
         import tensorflow as tf
 
+        threads = int(os.environ.get("KERNELIB_THREADS", "0"))
+        if threads:  # set by the runner for parallel jobs, before TensorFlow's runtime starts
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:
+                pass  # runtime already started in this process: keep its pools
         tf.config.list_physical_devices()
     return tf
 
@@ -57,13 +65,36 @@ def setup(*, seed: int, deterministic: bool = True) -> dict[str, Any]:
     policy = "mixed_float16" if gpus else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return {
-        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "devices": [f"{d.name} ({d.device_type})" for d in tf.config.list_logical_devices()],
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "gpus": len(gpus),
         "precision": policy,
         "jit_compile": bool(gpus),
         "deterministic": deterministic,
         "seed": seed,
     }
+
+
+def _atomic_backup_class():
+    import keras
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        """`BackupAndRestore` whose checkpoint files are replaced atomically.
+
+        Keras writes `latest.weights.h5` in place, so a kill during the write leaves a file
+        h5py cannot open (and the fallback copy is only used for OSError). Here each file is
+        written under a temporary name and renamed, so the backup is always a whole epoch.
+        """
+
+        def _save_model(self):
+            os.makedirs(self.backup_dir, exist_ok=True)
+            tmp = os.path.join(self.backup_dir, ".partial.weights.h5")
+            self.model.save_weights(tmp, overwrite=True)
+            os.replace(tmp, self._weights_path)
+            meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+            io.write_text(self._training_metadata_path, json.dumps(meta))
+
+    return AtomicBackupAndRestore
 
 
 def compile_model(model, *, learning_rate: float, jit_compile: bool | str = "auto") -> None:
@@ -91,6 +122,7 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
 
     from kernelib.data import make_dataset
 
+    AtomicBackupAndRestore = _atomic_backup_class()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     compile_model(model, learning_rate=learning_rate, jit_compile=jit_compile)
@@ -99,14 +131,15 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(str(log), append=True),
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+        AtomicBackupAndRestore(str(out_dir / "backup")),
     ]
     model.fit(
         make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
         validation_data=make_dataset(*val, batch_size=batch_size),
         epochs=epochs, callbacks=callbacks, verbose=2, shuffle=False,
     )
-    history = pd.read_csv(log)
+    # a resumed fit appends to the log; an epoch logged just before a kill may repeat
+    history = pd.read_csv(log).drop_duplicates("epoch", keep="last")
     io.write_text(out_dir / "history.csv", history.to_csv(index=False))
     os.remove(log)
     shutil.rmtree(out_dir / "backup", ignore_errors=True)

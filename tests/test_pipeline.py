@@ -1,0 +1,142 @@
+"""The runner: cache keys, step selection, the run lock (fast checks without notebooks)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from kernelib import params, pipeline
+from kernelib.errors import ConfigError, PipelineError
+
+
+def _config(**changes) -> params.Config:
+    cfg = params.load_config(ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
+    for path, value in changes.items():
+        section, key = path.split("__")
+        cfg[section][key] = value
+    return params.Config.model_validate(cfg)
+
+
+FAKE_OUTPUTS = {"load": {"data/raw.npz": "1"}, "preprocess": {"data/splits.npz": "2"},
+                "train:mlp_0": {"members/mlp_0/model.keras": "3"},
+                "train:cnn_0": {"members/cnn_0/model.keras": "4"},
+                "merge": {"merged/average.keras": "5"}, "evaluate": {"metrics/summary.json": "6"}}
+
+
+def _keys(config, tmp_path, *, nb_dir=ROOT / "notebooks", package_dir=None, outputs=None):
+    return pipeline.plan_keys(config, tmp_path / "runs" / "x", nb_dir=nb_dir,
+                              package_dir=package_dir, outputs=outputs or FAKE_OUTPUTS)
+
+
+def test_keys_ignore_the_run_folder(tmp_path):
+    a = pipeline.plan_keys(_config(), tmp_path / "a", nb_dir=ROOT / "notebooks",
+                           outputs=FAKE_OUTPUTS)
+    b = pipeline.plan_keys(_config(), tmp_path / "b", nb_dir=ROOT / "notebooks",
+                           outputs=FAKE_OUTPUTS)
+    assert a == b
+
+
+def test_export_parameter_changes_only_the_export_key(tmp_path):
+    before = _keys(_config(), tmp_path)
+    after = _keys(_config(export__version=7), tmp_path)
+    assert [k for k in before if before[k] != after[k]] == ["export"]
+
+
+def test_train_parameter_changes_train_keys_and_through_outputs_the_rest(tmp_path):
+    before = _keys(_config(), tmp_path)
+    after = _keys(_config(train__epochs=4), tmp_path)
+    assert [k for k in before if before[k] != after[k]] == ["train:mlp_0", "train:cnn_0"]
+    # retrained members produce different files, so everything downstream re-runs
+    changed = {**FAKE_OUTPUTS, "train:mlp_0": {"members/mlp_0/model.keras": "other"}}
+    downstream = _keys(_config(train__epochs=4), tmp_path, outputs=changed)
+    assert [k for k in before if before[k] != downstream[k]] == [
+        "train:mlp_0", "train:cnn_0", "merge", "evaluate", "export"]
+
+
+def test_editing_a_notebook_changes_its_stage_key_only(tmp_path):
+    nb_dir = tmp_path / "nb"
+    shutil.copytree(ROOT / "notebooks", nb_dir)
+    before = _keys(_config(), tmp_path, nb_dir=nb_dir)
+    text = (nb_dir / "05_evaluate.ipynb").read_text()
+    (nb_dir / "05_evaluate.ipynb").write_text(text.replace("# 5 · Evaluate", "# 5 · Evaluation"))
+    after = _keys(_config(), tmp_path, nb_dir=nb_dir)
+    assert [k for k in before if before[k] != after[k]] == ["evaluate"]
+
+
+def test_notebook_outputs_do_not_change_the_key(tmp_path):
+    import nbformat
+
+    nb_dir = tmp_path / "nb"
+    shutil.copytree(ROOT / "notebooks", nb_dir)
+    before = _keys(_config(), tmp_path, nb_dir=nb_dir)
+    nb = nbformat.read(nb_dir / "06_export.ipynb", as_version=4)
+    nb.cells[-1].outputs = [nbformat.v4.new_output("stream", text="hello")]
+    nbformat.write(nb, nb_dir / "06_export.ipynb")
+    assert _keys(_config(), tmp_path, nb_dir=nb_dir) == before
+
+
+def test_touching_a_kernelib_source_file_changes_every_key(tmp_path):
+    pkg = tmp_path / "kernelib"
+    shutil.copytree(Path(pipeline.__file__).parent, pkg,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = _keys(_config(), tmp_path, package_dir=pkg)
+    with open(pkg / "plots.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    after = _keys(_config(), tmp_path, package_dir=pkg)
+    assert all(before[k] != after[k] for k in before)
+
+
+def test_given_member_file_content_is_part_of_the_load_key(tmp_path):
+    f = tmp_path / "m.keras"
+    f.write_bytes(b"one")
+    members = [{"name": "mlp_0", "recipe": "mlp"}, {"name": "given", "path": str(f)}]
+    cfg = _config(load__members=members)
+    before = _keys(cfg, tmp_path)
+    f.write_bytes(b"two")
+    after = _keys(cfg, tmp_path)
+    assert before["load"] != after["load"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"from_stage": "deploy"}, r"--from 'deploy' is not a step of this run; valid: .*'export'"),
+    ({"only": "train:nobody"}, r"--only 'train:nobody' is not a step.*'train:mlp_0'"),
+    ({"from_stage": "merge", "only": "merge"}, r"either --from or --only"),
+])
+def test_bad_step_selection(tmp_path, kwargs, match):
+    steps = pipeline.plan(_config(), tmp_path)
+    with pytest.raises(ConfigError, match=match):
+        pipeline.select_steps(steps, **{"from_stage": None, "only": None, **kwargs})
+
+
+def test_step_selection():
+    steps = pipeline.plan(_config(), Path("/r"))
+    assert pipeline.select_steps(steps, from_stage="merge", only=None) == {
+        "merge", "evaluate", "export"}
+    assert pipeline.select_steps(steps, from_stage=None, only="train") == {
+        "train:mlp_0", "train:cnn_0"}
+    assert pipeline.select_steps(steps, from_stage=None, only="train:cnn_0") == {"train:cnn_0"}
+
+
+def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
+    with pipeline.RunLock(tmp_path):
+        with pytest.raises(PipelineError, match=r"in use by process \d+"):
+            with pipeline.RunLock(tmp_path):
+                pass
+    assert not (tmp_path / ".lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (tmp_path / ".lock").write_text(dead)
+    with pipeline.RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+
+
+def test_bad_jobs_value(tmp_path):
+    with pytest.raises(ConfigError, match="--jobs must be at least 1; received 0"):
+        pipeline.run(ROOT / "configs" / "smoke.yaml", runs_dir=tmp_path, jobs=0)
+    assert not list(tmp_path.iterdir())
