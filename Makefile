@@ -21,8 +21,16 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/kernelib run $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium for tests/test_browser.py: Debian's packages, driven by Playwright from
+# [dev] (never `playwright install`, which downloads a browser).
+.PHONY: browser
+browser:
+	@test -x /usr/bin/chromium || { echo "installing chromium + chromium-driver (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -47,12 +47,36 @@ def throughput(model, *, batch: int = 256, repeats: int = 10, fn=None) -> float:
     return batch / _median_seconds(fn or compiled_forward(model), x, repeats)
 
 
-def cost(model, path: str | Path | None = None) -> dict[str, Any]:
-    """Parameters, file size (when saved), batch-1 latency and batch-256 throughput."""
-    fn = compiled_forward(model)
+def cost(model, path: str | Path | None = None, *, repeats: int = 30) -> dict[str, Any]:
+    """Parameters, file size (when saved), batch-1 latency and batch-256 throughput.
+
+    Times the XLA-compiled forward pass; a model XLA cannot compile is timed as a plain
+    graph function instead, and `compiled` says which.
+    """
+    import tensorflow as tf
+
+    fn, compiled = compiled_forward(model), "xla"
+    try:
+        latency = latency_ms(model, fn=fn, repeats=repeats)
+    except (tf.errors.OpError, NotImplementedError):
+        fn, compiled = compiled_forward(model, jit_compile=False), "graph"
+        latency = latency_ms(model, fn=fn, repeats=repeats)
     return {
         "params": count_params(model),
         "file_kb": round(io.size_bytes(path) / 1024, 1) if path else None,
-        "latency_ms_b1": latency_ms(model, fn=fn),
-        "throughput_b256": throughput(model, fn=fn),
+        "latency_ms_b1": latency,
+        "throughput_b256": throughput(model, fn=fn, repeats=max(3, repeats // 3)),
+        "compiled": compiled,
+        "device": device_name(),
     }
+
+
+def device_name() -> str:
+    """Where the timings ran: the first GPU's name, else "CPU"."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f"GPU ({details.get('device_name', gpus[0].name)})"

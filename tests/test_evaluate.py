@@ -1,13 +1,17 @@
-"""Metrics against hand-worked values and scikit-learn's definitions."""
+"""Metrics against hand-worked values, scikit-learn and SciPy; the evaluate stage's tables and files."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
+from sklearn import metrics as skm
 
+from conftest import synthetic_run
 from kernelib import evaluate
 from kernelib.errors import DataError
 
@@ -19,13 +23,17 @@ P = np.array([[0.7, 0.2, 0.1],
 
 
 def test_metrics_hand_worked():
-    m = evaluate.metrics(Y, P)
+    m = evaluate.metrics(Y, P, top_k=2)
     assert m["accuracy"] == 0.75
     # NLL: mean of -log p(true); probabilities are clipped at 1e-7 before the log
     expected_nll = -(math.log(0.7) + math.log(0.8) + math.log(0.3) + math.log(1.0)) / 4
     assert m["nll"] == pytest.approx(expected_nll, rel=1e-6)
     # per-class F1: class 0 1.0; class 1: tp=2, fp=1, fn=0 -> 0.8; class 2: 0 -> macro 0.6
     assert m["macro_f1"] == pytest.approx((1.0 + 0.8 + 0.0) / 3)
+    # Brier: squared distances to the one-hot rows 0.14, 0.06, 0.74, 0.0
+    assert m["brier"] == pytest.approx((0.14 + 0.06 + 0.74 + 0.0) / 4)
+    # top-2: row 3's true class (p=0.3) ties with class 0 for second place -> a hit
+    assert m["top2_accuracy"] == 1.0
 
 
 def test_nll_clips_zero_probability():
@@ -34,19 +42,165 @@ def test_nll_clips_zero_probability():
     assert np.isfinite(m["nll"]) and m["nll"] == pytest.approx(-math.log(1e-7) / 2, rel=1e-3)
 
 
+@pytest.mark.parametrize("seed, k", [(0, 3), (1, 10), (2, 10)])
+def test_metrics_match_scikit_learn(seed, k):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=300)
+    p = rng.dirichlet(np.full(k, 0.3), size=300)  # many probabilities below the 1e-7 clip
+    p[np.arange(150), y[:150]] += 1.0  # half the rows lean towards the truth
+    p /= p.sum(axis=1, keepdims=True)
+    m = evaluate.metrics(y, p, top_k=2)
+    labels = np.arange(k)
+    clipped = np.clip(p, 1e-7, 1.0)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, p.argmax(1)))
+    assert m["top2_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, p, k=2, labels=labels))
+    assert m["nll"] == pytest.approx(skm.log_loss(y, clipped, labels=labels), rel=1e-9)
+    assert m["brier"] == pytest.approx(
+        skm.brier_score_loss(y, p, labels=labels, scale_by_half=False), rel=1e-9)
+    assert m["macro_f1"] == pytest.approx(
+        skm.f1_score(y, p.argmax(1), labels=np.unique(y), average="macro"))
+    table = evaluate.per_class(y, p)
+    prec, rec, f1, support = skm.precision_recall_fscore_support(
+        y, p.argmax(1), labels=labels, zero_division=np.nan)
+    np.testing.assert_allclose(table["precision"], prec)
+    np.testing.assert_allclose(table["recall"], rec)
+    np.testing.assert_allclose(table["f1"], f1)
+    np.testing.assert_array_equal(table["support"], support)
+
+
+def _two_class(conf_correct: list[tuple[float, bool]]):
+    """Rows predicting class 0 with confidence c; the label is 0 when `correct`, else 1."""
+    p = np.array([[c, 1 - c] for c, _ in conf_correct])
+    y = np.array([0 if ok else 1 for _, ok in conf_correct])
+    return y, p
+
+
+def test_ece_and_mce_on_a_constructed_case():
+    # 15 bins of width 1/15: 0.95 falls in (14/15, 1], 0.55 in (8/15, 9/15], 0.70 in (10/15, 11/15]
+    rows = ([(0.95, True)] * 3 + [(0.95, False)]          # acc 0.75 vs conf 0.95: gap 0.20
+            + [(0.55, True)] * 2                           # acc 1.00 vs conf 0.55: gap 0.45
+            + [(0.70, True)] * 2 + [(0.70, False)] * 2)    # acc 0.50 vs conf 0.70: gap 0.20
+    y, p = _two_class(rows)
+    m = evaluate.metrics(y, p, n_bins=15)
+    assert m["ece"] == pytest.approx(0.4 * 0.20 + 0.2 * 0.45 + 0.4 * 0.20)  # 0.25
+    assert m["mce"] == pytest.approx(0.45)
+    r = evaluate.reliability(y, p, n_bins=15)
+    assert r.loc[r["count"] > 0, "bin"].tolist() == [9, 11, 15]
+    assert r.loc[r["bin"] == 15, "accuracy"].item() == 0.75
+    assert r["count"].sum() == len(y) and r["confidence"].isna().sum() == 12
+
+
+@pytest.mark.parametrize("n_bins", [5, 15])
+def test_ece_matches_a_loop_over_bin_edges(n_bins):
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(4), size=500)
+    y = rng.integers(0, 4, size=500)
+    conf, correct = p.max(1), p.argmax(1) == y
+    edges = np.linspace(0, 1, n_bins + 1)
+    ece, gaps = 0.0, []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            gap = abs(correct[inside].mean() - conf[inside].mean())
+            ece += inside.mean() * gap
+            gaps.append(gap)
+    m = evaluate.metrics(y, p, n_bins=n_bins)
+    assert m["ece"] == pytest.approx(ece) and m["mce"] == pytest.approx(max(gaps))
+
+
+def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_more_data():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (100, 10_000):
+        values = (rng.random(n) < 0.8).astype(float)
+        lo, hi = evaluate.bootstrap_ci(values, n_resamples=1000, seed=0)
+        assert lo <= values.mean() <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 5  # about 1/sqrt(100) of it
+
+
+def test_bootstrap_matches_scipy_and_is_seeded():
+    values = (np.random.default_rng(1).random(300) < 0.9).astype(float)
+    mine = evaluate.bootstrap_ci(values, n_resamples=4000, seed=7)
+    ref = stats.bootstrap((values,), np.mean, method="percentile", n_resamples=4000,
+                          random_state=1).confidence_interval
+    assert mine == pytest.approx((ref.low, ref.high), abs=0.01)
+    assert evaluate.bootstrap_ci(values, n_resamples=500, seed=7) == \
+        evaluate.bootstrap_ci(values, n_resamples=500, seed=7)
+    assert evaluate.bootstrap_ci(values, n_resamples=500, seed=7) != \
+        evaluate.bootstrap_ci(values, n_resamples=500, seed=8)
+
+
+def test_paired_bootstrap():
+    rng = np.random.default_rng(2)
+    shared = rng.random(400) < 0.85          # rows both models get right...
+    a = (shared | (rng.random(400) < 0.3)).astype(float)   # ...and a few more for `a`
+    b = shared.astype(float)
+    same = evaluate.paired_bootstrap(b, b, n_resamples=500, seed=0)
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    got = evaluate.paired_bootstrap(a, b, n_resamples=4000, seed=0)
+    ref = stats.bootstrap((a, b), lambda u, v: np.mean(u) - np.mean(v), paired=True,
+                          vectorized=False, method="percentile", n_resamples=2000,
+                          random_state=0).confidence_interval
+    assert got["diff"] == pytest.approx(a.mean() - b.mean())
+    assert (got["lo"], got["hi"]) == pytest.approx((ref.low, ref.high), abs=0.01)
+    # resampling the two models independently ignores that they err on the same rows
+    ia, ib = rng.integers(0, 400, size=(2, 2000, 400))
+    unpaired = np.quantile(a[ia].mean(1) - b[ib].mean(1), [0.025, 0.975])
+    assert got["hi"] - got["lo"] < 0.75 * (unpaired[1] - unpaired[0])
+
+
+def test_diversity_hand_made():
+    y = np.array([0, 0, 1, 1])
+    onehot = np.eye(2)
+    preds = {"a": onehot[[0, 0, 1, 0]], "b": onehot[[0, 1, 1, 0]], "c": onehot[[0, 0, 1, 1]]}
+    d = evaluate.diversity(y, preds).set_index(["model_a", "model_b"])
+    assert d.loc[("a", "b"), "disagreement"] == 0.25
+    assert d.loc[("a", "c"), "disagreement"] == 0.25
+    assert d.loc[("b", "c"), "disagreement"] == 0.5
+    assert d.loc[("a", "a"), "disagreement"] == 0.0
+    # errors a = [0,0,0,1], b = [0,1,0,1]: Pearson r = 0.125 / sqrt(0.1875 * 0.25) = 1/sqrt(3)
+    assert d.loc[("a", "b"), "error_correlation"] == pytest.approx(1 / math.sqrt(3))
+    assert d.loc[("b", "a"), "error_correlation"] == pytest.approx(1 / math.sqrt(3))
+    assert d.loc[("a", "a"), "error_correlation"] == pytest.approx(1.0)
+    assert np.isnan(d.loc[("a", "c"), "error_correlation"])  # c makes no error
+
+
 @pytest.mark.parametrize("p, match", [
     (np.array([[0.5, 0.4, 0.0]] * 4), r"'m' must be probabilities summing to 1"),
-    (np.array([[np.nan, 0.5, 0.5]] * 4), r"'m' contain NaN"),
+    (np.array([[np.nan, 0.5, 0.5]] * 4), r"'m' contain NaN or infinity \(first at row 0\)"),
     (np.ones((3, 3)) / 3, r"'m' have 3 rows; the labels have 4"),
 ])
 def test_bad_predictions_name_the_model(p, match):
     with pytest.raises(DataError, match=match):
         evaluate.metrics(Y, p, name="m")
+    with pytest.raises(DataError, match=match):
+        evaluate.comparison_table({"test": {"good": P, "m": p}}, {"test": Y}, {})
 
 
 def test_empty_split():
     with pytest.raises(DataError, match="empty split"):
         evaluate.metrics(np.array([], dtype=int), np.zeros((0, 3)), name="m")
+    with pytest.raises(DataError, match=r"the 'test' split is empty \(0 rows\)"):
+        evaluate.comparison_table({"test": {"m": np.zeros((0, 3))}},
+                                  {"test": np.array([], dtype=int)}, {"m": "member"})
+
+
+def test_class_absent_from_the_split_keeps_metrics_defined():
+    y = np.array([0, 0, 1, 1, 0])  # class 2 never occurs
+    p = np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1],
+                  [0.6, 0.3, 0.1]])
+    table = evaluate.comparison_table({"test": {"m": p}}, {"test": y}, {"m": "member"},
+                                      class_names=["zero", "one", "two"])
+    row = table.loc["m"]
+    assert np.isfinite(row[["test_accuracy", "test_nll", "test_brier", "test_ece"]].astype(float)).all()
+    assert row["test_macro_f1"] == pytest.approx(
+        skm.f1_score(y, p.argmax(1), labels=[0, 1], average="macro"))
+    assert row["note"] == "test: 1 of 3 classes absent (two); macro-F1 over the others"
+    pc = evaluate.per_class(y, p, ["zero", "one", "two"]).set_index("class")
+    assert pc.loc["two", "note"] == "absent from this split" and np.isnan(pc.loc["two", "recall"])
+    assert pc.loc["two", "precision"] == 0.0  # predicted once, wrongly
 
 
 def test_comparison_table_selection_and_gain():
@@ -61,9 +215,98 @@ def test_comparison_table_selection_and_gain():
     assert s["test_error_ratio"] == 0.0
 
 
+@pytest.mark.parametrize("by, best", [("val_nll", "min"), ("val_brier", "min"), ("val_ece", "min"),
+                                      ("val_accuracy", "max"), ("val_macro_f1", "max")])
+def test_select_direction(by, best):
+    table = pd.DataFrame({"kind": ["member"] * 3, by: [0.3, 0.1, 0.2]}, index=["x", "y", "z"])
+    assert evaluate.select(table, by=by) == ("y" if best == "min" else "x")
+
+
+def test_select_refuses_unknown_column():
+    table = pd.DataFrame({"kind": ["member"], "val_nll": [0.1]}, index=["x"])
+    with pytest.raises(DataError, match=r"cannot select by 'val_f2'; valid columns: \['val_nll'\]"):
+        evaluate.select(table, by="val_f2")
+
+
 def test_prediction_cache_round_trip(tmp_path):
     preds = {"val": {"a": P, "b/c": P[::-1]}}
     evaluate.save_predictions(tmp_path / "p.npz", preds, {"a": "member", "b/c": "merged"})
     back, kinds = evaluate.read_predictions(tmp_path / "p.npz")
     np.testing.assert_array_equal(back["val"]["b/c"], P[::-1])
     assert kinds == {"a": "member", "b/c": "merged"}
+
+
+def _strict_json(path):
+    """Parse JSON refusing NaN/Infinity (not valid JSON for other tools)."""
+    def refuse(token):
+        raise ValueError(f"{path.name}: {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_run_evaluation_writes_deterministic_tables(tmp_path):
+    run, splits = synthetic_run(tmp_path, class_names=["a", "b", "c", "d"])
+    ev = evaluate.run_evaluation(run, splits, bootstrap_resamples=300, seed=0)
+    files = sorted(p.name for p in run.metrics.glob("*.json"))
+    assert files == ["comparison.json", "data.json", "diversity.json", "gains.json",
+                     "intervals.json", "per_class.json", "reliability.json", "summary.json"]
+    first = {f: (run.metrics / f).read_bytes() for f in files}
+    evaluate.run_evaluation(run, splits, bootstrap_resamples=300, seed=0)
+    assert first == {f: (run.metrics / f).read_bytes() for f in files}
+    for f in files:
+        text = json.dumps(_strict_json(run.metrics / f))
+        assert "latency" not in text and "throughput" not in text
+    s = ev.summary
+    assert s["selected"] == evaluate.select(ev.comparison, by="val_nll")
+    assert s["best_member"] == ev.comparison.query("kind == 'member'")["test_accuracy"].idxmax()
+    assert s["test_accuracy_lo"] <= s["test_accuracy"] <= s["test_accuracy_hi"]
+    assert s["bootstrap_resamples"] == 300 and s["ci_level"] == 0.95
+    assert list(ev.intervals.index) == list(ev.comparison.index)
+    assert set(ev.gains.index) == {"average", "member_a", "member_b"} - {s["best_member"]}
+    g = ev.gains.iloc[0]
+    assert g["test_accuracy_diff_lo"] <= g["test_accuracy_diff"] <= g["test_accuracy_diff_hi"]
+    assert ev.compared == [s["best_member"], "average"]
+    head = ev.headline["value"]
+    assert head["selected model"].startswith(f"{s['selected']} (")
+    assert head["test accuracy"] == (f"{s['test_accuracy']:.4f} (95% CI "
+                                     f"{s['test_accuracy_lo']:.4f} to {s['test_accuracy_hi']:.4f})")
+    assert len(ev.per_class_of("average")) == 4 and len(ev.reliability) == 3 * 15
+    assert len(ev.diversity) == 4  # the two members, every ordered pair
+
+
+def test_run_evaluation_with_a_class_absent(tmp_path):
+    run, splits = synthetic_run(tmp_path, class_names=["a", "b", "c"], absent=1)
+    ev = evaluate.run_evaluation(run, splits, bootstrap_resamples=200)
+    assert ev.data.loc["test", "classes_absent"] == "b"
+    assert ev.data.loc["val", "classes_absent"] == "none"
+    assert "1 of 3 classes absent (b)" in ev.summary["note"]
+    assert ev.per_class_of(ev.selected).loc["b", "note"] == "absent from this split"
+    assert _strict_json(run.metrics / "per_class.json")  # NaN written as null
+
+
+def test_run_evaluation_refuses_an_empty_test_split(tmp_path):
+    run, splits = synthetic_run(tmp_path, class_names=["a", "b"], n_test=0)
+    with pytest.raises(DataError, match=r"the 'test' split is empty"):
+        evaluate.run_evaluation(run, splits)
+
+
+def test_cost_table_times_every_model_file(tmp_path, tiny_members):
+    from kernelib import io, members
+    from kernelib.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    files = {}
+    for m in tiny_members:
+        members.save_model(m.model, run.member_model(m.name))
+        files[m.name] = {"kind": "member", "path": str(run.member_model(m.name).relative_to(run.root))}
+    io.write_json(run.merged / "models.json", files)
+    cost = evaluate.cost_table(run, repeats=3)
+    assert sorted(cost.index) == sorted(m.name for m in tiny_members)
+    for m in tiny_members:
+        row = cost.loc[m.name]
+        assert row["params"] == m.model.count_params()
+        assert row["file_kb"] == pytest.approx(run.member_model(m.name).stat().st_size / 1024,
+                                               abs=0.1)
+        assert row["latency_ms_b1"] > 0 and row["throughput_b256"] > 0
+        assert row["compiled"] == "xla" and row["device"].startswith(("CPU", "GPU"))
+    assert [r["model"] for r in _strict_json(run.timings / "cost.json")] == list(cost.index)
