@@ -14,7 +14,8 @@ def _cmd_run(args) -> int:
 
     run_root = pipeline.run(args.config, runs_dir=args.runs_dir, reports_dir=args.reports_dir,
                             run_id=args.run_id, kernel_name=args.kernel,
-                            progress=not args.quiet)
+                            progress=not args.quiet, force=args.force,
+                            from_stage=args.from_stage, only=args.only, jobs=args.jobs)
     from pathlib import Path
 
     index = Path(args.reports_dir).resolve() / run_root.name / "index.html"
@@ -38,12 +39,30 @@ def _cmd_params(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from kernelib import runtimes
+
+    rows = runtimes.predict_top_k(args.export_path, args.inputs, k=args.top_k,
+                                  invert=args.invert)
+    print(runtimes.format_top_k(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kernelib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="validate a YAML config and run the notebook chain")
     r.add_argument("config")
-    r.add_argument("--run-id", default=None, help="name of the run folder (default: NAME-TIME)")
+    r.add_argument("--run-id", default=None,
+                   help="name of the run folder (default: NAME-TIME); an existing run id "
+                        "resumes that run, reusing its finished stages")
+    r.add_argument("--force", action="store_true", help="re-run every stage, ignoring the cache")
+    r.add_argument("--from", dest="from_stage", metavar="STAGE", default=None,
+                   help="re-run from this stage on (earlier stages may come from the cache)")
+    r.add_argument("--only", metavar="STAGE", default=None,
+                   help="run only this stage (or train:MEMBER); the rest must be cached")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="train up to N members at once, as separate processes")
     r.add_argument("--runs-dir", default="runs")
     r.add_argument("--reports-dir", default="reports")
     r.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3 "
@@ -58,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("params", help="list every stage parameter with type, default and help")
     pp.add_argument("stage", nargs="?", default=None)
     pp.set_defaults(fn=_cmd_params)
+    pr = sub.add_parser("predict", help="top-k classes of images or an .npy array, computed by "
+                        "an exported model (.keras, SavedModel folder, .tflite or .onnx)")
+    pr.add_argument("export_path", metavar="EXPORT_PATH")
+    pr.add_argument("inputs", metavar="INPUTS", help="a PNG/JPEG file, a folder of them, or "
+                    "an .npy array of raw inputs")
+    pr.add_argument("--top-k", type=int, default=3, help="classes shown per input (default: 3)")
+    pr.add_argument("--invert", action="store_true", help="invert image pixels first (dark "
+                    "ink on light paper, for models trained on light strokes on dark)")
+    pr.set_defaults(fn=_cmd_predict)
     return ap
 
 

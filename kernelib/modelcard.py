@@ -1,0 +1,198 @@
+"""The model card next to the exports: `MODEL_CARD.md` for people, `model_card.json` for machines.
+
+It gathers what earlier stages wrote into the run folder (data card, members, merged models,
+metrics with their confidence intervals where the evaluate stage recorded them, the config
+hash) and what the export stage measured. Missing pieces are reported as missing, so a card
+can be written from a partial run folder (a notebook opened in JupyterLab, for example).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from kernelib import io
+
+CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
+PACKAGES = ("kernelib", "tensorflow", "keras", "numpy", "scikit-learn", "onnx", "onnxruntime",
+            "tf2onnx", "ai-edge-litert")
+_CI_SUFFIXES = (("_lo", "_hi"), ("_ci_low", "_ci_high"), ("_low", "_high"))
+
+
+def versions() -> dict[str, str]:
+    """Python and the versions of the packages an exported model depends on."""
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _read(path: Path) -> Any:
+    return io.read_json(path) if path.is_file() else None
+
+
+def metric_rows(summary: Mapping[str, Any] | None,
+                selected_row: Mapping[str, Any] | None = None,
+                interval_row: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`{metric, value, lo, hi}` rows for the selected model; an interval where one is recorded.
+
+    Metrics are the float values (integers are counts and seeds, not metrics).
+    Intervals are read from `<metric>_lo`/`_hi` (or `_ci_low`/`_ci_high`) keys next to the
+    metric in the same mapping.
+    """
+    sources = [s for s in (interval_row, summary, selected_row) if s]
+    bounds = tuple(suffix for pair in _CI_SUFFIXES for suffix in pair)
+    rows: dict[str, dict[str, Any]] = {}
+    for src in sources:
+        for key, value in src.items():
+            if not isinstance(value, float) or key.endswith(bounds) or key == "ci_level":
+                continue
+            row = rows.setdefault(key, {"metric": key, "value": value, "lo": None, "hi": None})
+            for lo, hi in _CI_SUFFIXES:
+                if row["lo"] is None and key + lo in src and key + hi in src:
+                    row["lo"], row["hi"] = src[key + lo], src[key + hi]
+    return list(rows.values())
+
+
+def build(run, manifest, *, variants: Sequence[Any] = (), intended_use: str | None = None,
+          compression: Mapping[str, Any] | None = None) -> dict:
+    """The card as a dict, from the run folder `run` (a RunDir) and an `ExportManifest`.
+
+    `variants` are further manifests exported next to it (a pruned variant, for example);
+    `compression` holds extra tables by title, as DataFrames or lists of records (the
+    sparsity sweep, the quantization comparison). None of them is required.
+    """
+    data = _read(run.data_card) or {}
+    summary = _read(run.metrics / "summary.json") or {}
+    selected = summary.get("selected")
+    comparison = _read(run.metrics / "comparison.json") or []
+    intervals = _read(run.metrics / "intervals.json") or []
+    run_manifest = _read(run.manifest) or {}
+    labels = _read(manifest.out_dir / "labels.json") or {}
+    classes = labels.get("class_names") or data.get("class_names") or []
+    return {
+        "model": {"name": manifest.name, "version": manifest.version, "selected": selected,
+                  "kind": summary.get("selected_kind"), "selected_by": summary.get("selected_by"),
+                  "input_shape": labels.get("input_shape"), "input_range": labels.get("input_range"),
+                  "class_names": classes, "export_changes": manifest.changes},
+        "intended_use": intended_use or _default_use(data, classes),
+        "data": data or None,
+        "members": _read(run.members_spec),
+        "merged_models": _read(run.merged / "models.json"),
+        "metrics": {
+            "split": "test",
+            "ci_level": summary.get("ci_level"),
+            "selected": metric_rows(summary, _row(comparison, selected),
+                                    _row(intervals, selected)),
+            "summary": summary or None,
+        },
+        "exports": [r for m in (manifest, *variants) for r in m.records()],
+        "compression": {k: records(v) for k, v in (compression or {}).items() if v is not None},
+        "environment": versions(),
+        "run_id": run_manifest.get("run_id", run.root.name),
+        "config_hash": run_manifest.get("config_hash"),
+    }
+
+
+def records(table: Any) -> list[dict[str, Any]]:
+    """A DataFrame (index included) or a list of mappings as JSON-ready records (NaN -> None)."""
+    if hasattr(table, "reset_index"):
+        table = table.reset_index().to_dict(orient="records")
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in table]
+
+
+def _row(rows: Sequence[Mapping[str, Any]], model: str | None) -> dict[str, Any] | None:
+    for r in rows if isinstance(rows, list) else []:
+        if r.get("model") == model:
+            return dict(r)
+    return None
+
+
+def _default_use(data: Mapping[str, Any], classes: Sequence[str]) -> str:
+    name = data.get("name", "the training data")
+    shape = "x".join(str(d) for d in data.get("input_shape", [])) or "fixed-size"
+    return (f"Classifies {shape} inputs like those of the '{name}' dataset into "
+            f"{len(classes) or 'its'} classes ({', '.join(map(str, classes))}). Intended for "
+            "inputs from the same source and value range as the training data; not evaluated on "
+            "other sources, and not for decisions about people without further validation.")
+
+
+def write(out_dir: str | Path, card: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write `MODEL_CARD.md` and `model_card.json` into `out_dir` atomically."""
+    out_dir = Path(out_dir)
+    return (io.write_text(out_dir / CARD_MD, to_markdown(card)),
+            io.write_json(out_dir / CARD_JSON, dict(card)))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
+    if not rows:
+        return "_none recorded_\n"
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(card: Mapping[str, Any]) -> str:
+    """The card as Markdown."""
+    m, met = card["model"], card["metrics"]
+    level = f"{round(100 * met['ci_level'])}% CI" if met.get("ci_level") else "CI"
+    metric_rows_ = [{"metric": r["metric"], "value": r["value"],
+                     level: (f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]" if r["lo"] is not None
+                             else "not recorded")}
+                    for r in met["selected"]]
+    data = card.get("data") or {}
+    parts = [
+        f"# Model card: {m['name']} (version {m['version']})\n",
+        f"Run `{card['run_id']}`, config hash `{card.get('config_hash') or 'not recorded'}`.\n",
+        "## Intended use\n", card["intended_use"] + "\n",
+        "## Model\n",
+        f"- Exported model: `{m.get('selected')}` ({m.get('kind') or 'unknown'} model, "
+        f"chosen by {m.get('selected_by') or 'unknown'} on the validation split).",
+        f"- Input: raw values of shape {m.get('input_shape')} in the range "
+        f"{m.get('input_range')}; the preprocessing is part of the model, augmentation "
+        "is not.",
+        *[f"- At export: {c}." for c in m.get("export_changes") or []],
+        f"- Output: probabilities over {len(m.get('class_names') or [])} classes: "
+        f"{', '.join(map(str, m.get('class_names') or []))}.\n",
+        "## Data\n",
+        _md_table([{"field": k, "value": data.get(k)} for k in
+                   ("name", "rows", "input_shape", "min", "max", "sha256")], ["field", "value"])
+        if data else "_data card not found_\n",
+        "\nClass counts: " + ", ".join(f"{k}: {v}" for k, v in
+                                       (data.get("class_counts") or {}).items()) + "\n",
+        "## Members and strategy\n",
+        _md_table(card.get("members") or [], ["name", "source", "recipe", "seed"]),
+        "\nModels built from them:\n\n",
+        _md_table([{"model": k, **v} for k, v in (card.get("merged_models") or {}).items()],
+                  ["model", "kind", "path"]),
+        f"\n## Metrics (selected model, {met['split']} split)\n",
+        _md_table(metric_rows_, ["metric", "value", level]),
+        "\n## Exports (each verified by its own runtime on the test split)\n",
+        _md_table([{**e, "KiB": round(e["bytes"] / 1024, 1), "sha256": e["sha256"][:12],
+                    "latency_ms": e.get("latency_ms"), "rows/s": e.get("throughput_per_s")}
+                   for e in card["exports"]],
+                  ["name", "format", "path", "KiB", "criterion", "parity", "tolerance", "accuracy",
+                   "latency_ms", "rows/s", "sha256"]),
+    ]
+    for title, rows in card.get("compression", {}).items():
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        parts += [f"\n## {title}\n", _md_table(rows, cols)]
+    parts += ["\n## Environment\n",
+              _md_table([{"package": k, "version": v} for k, v in card["environment"].items()],
+                        ["package", "version"])]
+    return "\n".join(parts)
