@@ -155,7 +155,8 @@ def register(specs: Sequence[Any], run, *, input_shape: tuple[int, ...], n_class
     rows = []
     for spec in specs:
         row = {"name": spec.name, "recipe": spec.recipe, "seed": spec.seed,
-               "source": "file" if spec.path else "recipe", "given_path": spec.path}
+               "source": "file" if spec.path else "recipe", "given_path": spec.path,
+               **spec.model_dump(include={"finetune_from", "image_size", "weights"})}
         if spec.path:
             member = load_member(spec.path, name=spec.name)
             check_compatible([member], input_shape=input_shape, n_classes=n_classes, probe=probe)
@@ -193,7 +194,12 @@ def spec(run, name: str) -> dict[str, Any]:
 
 
 def build_member(run, name: str, *, n_classes: int):
-    """An untrained member from its recipe, behind the run's preprocessing model."""
+    """The member to train, behind the run's preprocessing model.
+
+    A fresh initialisation from its recipe, or, for a spec with `finetune_from`, the base
+    member's trained weights (the base is trained earlier in the run: members train in
+    `load.members` order).
+    """
     import keras
 
     from kernelib import zoo
@@ -203,8 +209,13 @@ def build_member(run, name: str, *, n_classes: int):
         raise MemberError(f"member '{name}' was given as a file ({s.get('given_path')}); it has "
                           "no recipe to train. Train only recipe members.")
     preprocessor = keras.saving.load_model(run.require(run.preprocessor, "preprocess"))
+    options = {"image_size": s.get("image_size")}
+    if s.get("finetune_from"):
+        base = load_member(run.require(run.member_model(s["finetune_from"]), "train"))
+        return zoo.finetune(base.model, s["recipe"], preprocessor=preprocessor,
+                            n_classes=n_classes, name=name, seed=s["seed"], **options)
     return zoo.build(s["recipe"], preprocessor=preprocessor, n_classes=n_classes, name=name,
-                     seed=s["seed"])
+                     seed=s["seed"], weights=s.get("weights"), **options)
 
 
 def histories(run) -> dict[str, Any]:

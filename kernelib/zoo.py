@@ -1,13 +1,25 @@
-"""Member recipes: small classifiers for the built-in data, each taking raw inputs.
+"""Member recipes: small classifiers for the built-in data and `keras.applications` backbones.
 
 Every recipe puts the run's preprocessing model in front (so a member takes raw inputs),
 names its penultimate layer `features` and ends in a float32 softmax layer `probs`
 (float32 even under mixed precision).
+
+Backbones (`mobilenet_v3_small`, `efficientnet_b0`, `vgg16`) get a resizing front: the
+preprocessed image is upsampled (bilinear, by a whole factor) to `image_size` x
+`image_size` (default 32, the smallest size these networks accept) and a one-channel
+image is repeated to three channels, so
+8x8x1 digits work and a local ImageNet `.weights.h5` file fits. Without a weights file the
+backbone starts from a random initialisation (no download ever happens).
+
+Soup ingredients: `finetune(base, ...)` builds a member of the base's recipe that starts
+from the base's trained weights (a member spec's `finetune_from`), so several fine-tunes
+share one initialisation and can be weight-averaged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from kernelib.errors import ConfigError
 
@@ -47,20 +59,92 @@ def _resnet(x, keras):
 
 RECIPES: dict[str, Callable] = {"mlp": _mlp, "cnn": _cnn, "resnet": _resnet}
 
+# keras.applications constructor and its keyword arguments for a headless, pooled backbone.
+BACKBONES: dict[str, tuple[str, dict]] = {
+    "mobilenet_v3_small": ("MobileNetV3Small", {"include_preprocessing": False}),
+    "efficientnet_b0": ("EfficientNetB0", {}),
+    "vgg16": ("VGG16", {}),
+}
+DEFAULT_IMAGE_SIZE = 32
+BN_MOMENTUM = 0.9
 
-def build(recipe: str, *, preprocessor, n_classes: int, name: str, seed: int = 0):
+
+def _backbone(x, keras, *, recipe: str, image_size: int, weights: str | None):
+    constructor, kwargs = BACKBONES[recipe]
+    height, width = x.shape[1:3]
+    if height != width or image_size % height:
+        raise ConfigError(
+            f"backbone recipe '{recipe}' resizes square images by a whole factor; received "
+            f"{height}x{width} images and image_size={image_size}. Use a multiple of "
+            f"{height} (e.g. {height * max(1, -(-32 // height))})."
+        )
+    # UpSampling2D, not Resizing: with Resizing in front of a nested backbone, the exported
+    # SavedModel computed different outputs from the Keras model (Keras 3.15, measured)
+    x = keras.layers.UpSampling2D(image_size // height, interpolation="bilinear",
+                                  name="resize")(x)
+    if x.shape[-1] == 1:
+        x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
+    if x.shape[-1] != 3:
+        raise ConfigError(f"backbone recipe '{recipe}' needs 1- or 3-channel images; received "
+                          f"{x.shape[-1]} channels. Use a recipe from {sorted(RECIPES)}.")
+    backbone = getattr(keras.applications, constructor)(
+        input_shape=(image_size, image_size, 3), include_top=False, weights=weights,
+        pooling="avg", **kwargs)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # ImageNet momenta (0.99-0.999) leave the moving statistics near their start after
+            # the few hundred steps a small dataset gives: validation then sees chance level
+            layer.momentum = BN_MOMENTUM
+    x = backbone(x)
+    x = keras.layers.Dropout(0.2)(x)
+    return keras.layers.Dense(64, activation="relu", name="features")(x)
+
+
+def build(recipe: str, *, preprocessor, n_classes: int, name: str, seed: int = 0,
+          image_size: int | None = None, weights: str | None = None):
     """Build an untrained member: preprocessing -> recipe body -> `features` -> softmax `probs`.
 
     `preprocessor` is the run's preprocessing `keras.Model` (its input shape is the member's).
+    `image_size` and `weights` (a local `.weights.h5` file) apply to backbone recipes only.
     """
     import keras
 
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe '{recipe}'; valid recipes: {sorted(RECIPES)}")
+    valid = sorted(RECIPES) + sorted(BACKBONES)
+    if recipe not in valid:
+        raise ConfigError(f"unknown recipe '{recipe}'; valid recipes: {valid}")
+    if recipe not in BACKBONES and (image_size or weights):
+        raise ConfigError(f"'image_size' and 'weights' apply to backbone recipes "
+                          f"{sorted(BACKBONES)} only; received recipe '{recipe}'.")
+    if weights is not None and not Path(weights).is_file():
+        raise ConfigError(f"backbone weights file not found: expected a local .weights.h5 "
+                          f"file, received '{weights}'. Give an existing file or weights=None.")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=preprocessor.input_shape[1:], name="image")
     front = keras.models.clone_model(preprocessor)  # each member owns its copy
     x = front(inputs)
-    x = RECIPES[recipe](x, keras)
+    if recipe in BACKBONES:
+        x = _backbone(x, keras, recipe=recipe, image_size=image_size or DEFAULT_IMAGE_SIZE,
+                      weights=weights)
+    else:
+        x = RECIPES[recipe](x, keras)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def finetune(base, recipe: str, *, preprocessor, n_classes: int, name: str, seed: int = 0,
+             image_size: int | None = None):
+    """A member of `recipe` that starts from the trained `base` member's weights (an ingredient).
+
+    The architecture is rebuilt from the recipe (so it is the base's), then every weight is
+    copied from `base`; `seed` still sets dropout and, in training, the data order.
+    """
+    model = build(recipe, preprocessor=preprocessor, n_classes=n_classes, name=name, seed=seed,
+                  image_size=image_size)
+    mine, theirs = model.get_weights(), base.get_weights()
+    shapes = [w.shape for w in mine], [w.shape for w in theirs]
+    if shapes[0] != shapes[1]:
+        raise ConfigError(f"member '{name}' cannot start from '{base.name}': a '{recipe}' member "
+                          f"has weight shapes {shapes[0][:3]}..., '{base.name}' has "
+                          f"{shapes[1][:3]}... Fine-tune from a member of the same recipe.")
+    model.set_weights(theirs)
+    return model

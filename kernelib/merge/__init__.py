@@ -3,7 +3,13 @@
 Example::
 
     from kernelib.merge import merge, STRATEGIES
-    model = merge(members, "concat", train=(x_tr, y_tr), val=(x_val, y_val), seed=0)
+    model = merge(members, "stacking", val=(x_val, y_val), seed=0, passthrough=True)
+    model = merge(members, "select", val=(x_val, y_val), size=25, calibrate=True)
+
+Strategies (one module each): average, vote, weighted, select, stacking, concat, soup,
+distill. Importing this package registers kernelib's two Keras layers (`MajorityVote`,
+`TemperatureScaling`), so do it before `keras.saving.load_model` on a merged file that
+holds them; every other merged model loads with plain Keras.
 """
 
 from __future__ import annotations
@@ -14,47 +20,117 @@ from typing import Any
 
 import numpy as np
 
+from kernelib import calibrate as _calibrate
 from kernelib.errors import MergeError
 from kernelib.merge.average import merge_average
+from kernelib.merge.base import check_val, check_xy, member_probabilities, predict, prepare
+from kernelib.merge.compare import comparison_table, tradeoff_figure
 from kernelib.merge.concat import merge_concat
+from kernelib.merge.distill import merge_distill
+from kernelib.merge.select import merge_select
+from kernelib.merge.soup import merge_soup
+from kernelib.merge.stacking import merge_stacking
+from kernelib.merge.vote import MajorityVote, merge_vote
+from kernelib.merge.weighted import merge_weighted
 
 _TABLE: dict[str, Callable] = {
     "average": merge_average,
+    "vote": merge_vote,
+    "weighted": merge_weighted,
+    "select": merge_select,
+    "stacking": merge_stacking,
     "concat": merge_concat,
+    "soup": merge_soup,
+    "distill": merge_distill,
 }
 STRATEGIES: tuple[str, ...] = tuple(_TABLE)
-_DATA_ARGS = ("train", "val", "seed")
+# Arguments `merge` passes to the strategies that take them; everything else is an option.
+_DATA_ARGS = ("train", "val", "seed", "val_probs")
+# Strategies that need only member probabilities on val (computed once by `merge_many`).
+_FROM_PREDICTIONS = ("weighted", "select", "stacking")
+
+
+def options_of(strategy: str) -> list[str]:
+    """The options `strategy` takes (its keyword arguments besides the data arguments)."""
+    if strategy not in _TABLE:
+        raise MergeError(f"unknown merge strategy '{strategy}'; valid strategies: {list(STRATEGIES)}")
+    accepted = set(inspect.signature(_TABLE[strategy]).parameters) - {"members"}
+    return sorted(accepted - set(_DATA_ARGS))
 
 
 def merge(members: Sequence[Any], strategy: str, *, train: tuple | None = None,
-          val: tuple | None = None, seed: int = 0, **options: Any):
+          val: tuple | None = None, seed: int = 0, calibrate: bool = False,
+          val_probs: np.ndarray | None = None, **options: Any):
     """Merge `members` (keras.Model or Member objects) into one `keras.Model` with `strategy`.
 
     `train` and `val` are `(x, y)` NumPy pairs with integer labels, used by strategies that
-    fit something; options are the strategy's own keyword arguments. Unknown strategies
-    and unknown options are refused with the valid ones listed.
+    fit something; options are the strategy's own keyword arguments. `calibrate=True`
+    appends a temperature-scaling layer fitted on `val` NLL. `val_probs` (members, rows,
+    classes) are the members' probabilities on `val`, if already computed. Unknown
+    strategies and unknown options are refused with the valid ones listed.
     """
-    if strategy not in _TABLE:
-        raise MergeError(f"unknown merge strategy '{strategy}'; valid strategies: {list(STRATEGIES)}")
-    fn = _TABLE[strategy]
-    accepted = set(inspect.signature(fn).parameters) - {"members"}
-    valid_options = sorted(accepted - set(_DATA_ARGS))
+    valid_options = options_of(strategy)
     unknown = sorted(set(options) - set(valid_options))
     if unknown:
         raise MergeError(f"strategy '{strategy}' does not take option(s) {unknown}; "
                          f"valid options: {valid_options}")
-    data = {"train": train, "val": val, "seed": seed}
-    kwargs = {k: v for k, v in data.items() if k in accepted}
-    return fn(members, **kwargs, **options)
+    if calibrate and val is None:
+        raise MergeError(f"calibrate=True fits a temperature on 'val'; strategy '{strategy}' "
+                         "received val=None. Pass val=(x_val, y_val).")
+    fn = _TABLE[strategy]
+    accepted = set(inspect.signature(fn).parameters)
+    data = {"train": train, "val": val, "seed": seed, "val_probs": val_probs}
+    model = fn(members, **{k: v for k, v in data.items() if k in accepted}, **options)
+    if not calibrate:
+        return model
+    return _calibrate.calibrate(model, check_xy(val, "val", strategy, model.output_shape[-1],
+                                                input_shape=tuple(model.input_shape[1:])))
 
 
 def merge_many(members: Sequence[Any], strategies: Sequence[str], *, train: tuple | None = None,
                val: tuple | None = None, seed: int = 0,
-               options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Build one merged model per strategy; `options[strategy]` holds that strategy's options."""
-    options = options or {}
-    return {s: merge(members, s, train=train, val=val, seed=seed, name=s, **options.get(s, {}))
-            for s in strategies}
+               options: dict[str, dict[str, Any]] | None = None,
+               calibrate: Sequence[str] = ()) -> dict[str, Any]:
+    """Build one merged model per strategy; `options[strategy]` holds that strategy's options.
+
+    Member probabilities on `val` are computed once and shared; `distill` is built last and
+    reuses the teacher built here when its `teacher` names one of `strategies`. Strategies
+    listed in `calibrate` get temperature scaling.
+    """
+    options = {s: dict(o) for s, o in (options or {}).items()}
+    for s in [*strategies, *calibrate, *options]:
+        options_of(s)  # refuses unknown names before anything is fitted
+    val_probs = None
+    from_predictions = [s for s in strategies if s in _FROM_PREDICTIONS]
+    if val is not None and from_predictions:
+        models = prepare(members, from_predictions[0])
+        val_probs = member_probabilities(models, check_val(models, val, from_predictions[0])[0])
+    merged: dict[str, Any] = {}
+    for s in sorted(strategies, key=lambda s: s == "distill"):
+        teacher = options.get(s, {}).get("teacher")
+        if s == "distill" and isinstance(teacher, str) and teacher in merged:
+            options[s]["teacher"] = merged[teacher]
+        merged[s] = merge(members, s, train=train, val=val, seed=seed, name=s,
+                          calibrate=s in calibrate,
+                          val_probs=val_probs if s in _FROM_PREDICTIONS else None,
+                          **options.get(s, {}))
+    return {s: merged[s] for s in strategies}
+
+
+def options_from_params(p) -> dict[str, dict[str, Any]]:
+    """Each strategy's options from the merge stage's parameters (`params.MergeParams`)."""
+    return {
+        "average": {"weights": p.weights},
+        "select": {"size": p.select_size, "metric": p.select_metric},
+        "stacking": {"passthrough": p.stacking_passthrough, "folds": p.stacking_folds},
+        "concat": {"epochs": p.concat_epochs, "learning_rate": p.concat_learning_rate,
+                   "fine_tune_layers": p.concat_fine_tune_layers,
+                   "fine_tune_learning_rate": p.concat_fine_tune_learning_rate},
+        "soup": {"mode": p.soup_mode, "metric": p.soup_metric,
+                 "ingredients": p.soup_ingredients},
+        "distill": {"teacher": p.distill_teacher, "student": p.distill_student,
+                    "epochs": p.distill_epochs},
+    }
 
 
 def save_all(merged: dict[str, Any], run, *, check_x: np.ndarray):
@@ -83,9 +159,8 @@ def save(model, path, *, check_x: np.ndarray) -> float:
     with io.atomic_path(path) as tmp:
         model.save(tmp)
     reloaded = keras.saving.load_model(path, compile=False)
-    before = model.predict(check_x, batch_size=256, verbose=0)
-    after = reloaded.predict(check_x, batch_size=256, verbose=0)
-    return float(np.max(np.abs(np.asarray(before) - np.asarray(after))))
+    return float(np.max(np.abs(predict(model, check_x) - predict(reloaded, check_x))))
 
 
-__all__ = ["STRATEGIES", "merge", "merge_many", "save", "save_all"]
+__all__ = ["STRATEGIES", "MajorityVote", "comparison_table", "merge", "merge_many",
+           "options_from_params", "options_of", "save", "save_all", "tradeoff_figure"]

@@ -31,7 +31,18 @@ def weighted_sum(probabilities: Sequence[Any], weights: Sequence[float], names: 
     """`sum_i w_i * p_i` as Keras layers (float32 even under mixed precision)."""
     scaled = [keras.layers.Rescaling(w, dtype="float32", name=f"weight_{n}")(p)
               for p, w, n in zip(probabilities, weights, names, strict=True)]
+    if len(scaled) == 1:
+        return scaled[0]
     return keras.layers.Add(dtype="float32", name="weighted_average")(scaled)
+
+
+def weighted_model(models: Sequence[Any], weights: Sequence[float], name: str):
+    """The model `sum_i w_i * member_i(x)` over the members with a non-zero weight."""
+    kept = [(m, w) for m, w in zip(models, weights, strict=True) if w > 0]
+    inputs = model_input(models)
+    outputs = weighted_sum([m(inputs) for m, _ in kept], [float(w) for _, w in kept],
+                           [m.name for m, _ in kept])
+    return keras.Model(inputs, outputs, name=name)
 
 
 def merge_average(members: Sequence[Any], *, weights: Sequence[float] | None = None,
@@ -39,6 +50,4 @@ def merge_average(members: Sequence[Any], *, weights: Sequence[float] | None = N
     """Mean of member probabilities, uniform or with fixed `weights` (one per member)."""
     models = prepare(members, "average")
     w = normalise_weights([1.0] * len(models) if weights is None else weights, len(models))
-    inputs = model_input(models)
-    outputs = weighted_sum([m(inputs) for m in models], w, [m.name for m in models])
-    return keras.Model(inputs, outputs, name=name)
+    return weighted_model(models, w, name)

@@ -7,12 +7,19 @@ from typing import Any
 
 import numpy as np
 
-from kernelib.errors import MergeError
+from kernelib.errors import IncompatibleMembersError, MergeError
 from kernelib.members import as_models, check_compatible
+
+EPS = 1e-7  # probabilities are clipped here before a log, as in kernelib.evaluate
+_PROBABILITIES = ("softmax", "probabilities")
 
 
 def prepare(members: Sequence[Any], strategy: str, *, min_members: int = 2) -> list[Any]:
-    """Members as uniquely named, mutually compatible models; at least `min_members`."""
+    """Members as uniquely named, mutually compatible models; at least `min_members`.
+
+    Compatible: one input shape, one class count, and every member outputs class
+    probabilities (a softmax last layer, or rows that sum to one on a probe).
+    """
     if len(members) < min_members:
         raise MergeError(
             f"strategy '{strategy}' needs at least {min_members} members; received "
@@ -20,13 +27,51 @@ def prepare(members: Sequence[Any], strategy: str, *, min_members: int = 2) -> l
         )
     models = as_models(members)
     check_compatible(models)
+    check_activations(models)
     return models
 
 
-def check_xy(data: Any, what: str, strategy: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def output_activation(model) -> str:
+    """The activation of a member's last layer ('softmax', 'linear', ...).
+
+    A last layer without an `activation` (an `Add`, a custom layer) is probed on random
+    rows: 'probabilities' when its rows are non-negative and sum to one, else 'unnormalised'.
+    """
+    layer = model.layers[-1]
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if callable(activation):
+        return getattr(activation, "__name__", type(activation).__name__)
+    probe = np.random.default_rng(0).uniform(0.0, 1.0, (4, *model.input_shape[1:]))
+    p = np.asarray(model(probe.astype("float32"), training=False), dtype="float64")
+    ok = np.all(p >= -1e-6) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-3)
+    return "probabilities" if ok else "unnormalised"
+
+
+def check_activations(models: Sequence[Any]) -> None:
+    """Refuse members whose outputs are not class probabilities, naming the odd one out."""
+    acts = {m.name: output_activation(m) for m in models}
+    bad = [n for n, a in acts.items() if a not in _PROBABILITIES]
+    if not bad:
+        return
+    good = [n for n, a in acts.items() if a in _PROBABILITIES]
+    others = (f", while member '{good[0]}' outputs probabilities ({acts[good[0]]})" if good
+              else "")
+    raise IncompatibleMembersError(
+        f"all members must output class probabilities through one output activation "
+        f"(softmax); member '{bad[0]}' ends in '{acts[bad[0]]}'{others}. Add a softmax to "
+        f"the end of '{bad[0]}' (or convert its logits) or drop it from 'members'."
+    )
+
+
+def check_xy(data: Any, what: str, strategy: str, n_classes: int, *,
+             input_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate an `(x, y)` pair of NumPy arrays with integer labels in range."""
     if data is None:
-        raise MergeError(f"strategy '{strategy}' needs '{what}=(x, y)'; received None.")
+        raise MergeError(f"strategy '{strategy}' needs '{what}=(x, y)'; received None. Pass "
+                         f"the {what} split as a pair of arrays (rows the members were not "
+                         f"trained on, for 'val').")
     try:
         x, y = data
     except (TypeError, ValueError):
@@ -35,6 +80,9 @@ def check_xy(data: Any, what: str, strategy: str, n_classes: int) -> tuple[np.nd
     if len(x) != len(y) or len(y) == 0:
         raise MergeError(f"'{what}' needs as many labels as rows (and at least one); "
                          f"received {len(x)} rows and {len(y)} labels.")
+    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+        raise MergeError(f"'{what}' rows must have the members' input shape {tuple(input_shape)}; "
+                         f"received rows of shape {tuple(x.shape[1:])}.")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise MergeError(f"'{what}' labels must be a 1-D integer array; received dtype "
                          f"{y.dtype} with shape {y.shape}.")
@@ -44,8 +92,73 @@ def check_xy(data: Any, what: str, strategy: str, n_classes: int) -> tuple[np.nd
     return x, y
 
 
+def check_val(models: Sequence[Any], val: Any, strategy: str) -> tuple[np.ndarray, np.ndarray]:
+    """`check_xy` for the validation pair of these members (their classes and input shape)."""
+    return check_xy(val, "val", strategy, n_classes(models),
+                    input_shape=tuple(models[0].input_shape[1:]))
+
+
+def n_classes(models: Sequence[Any]) -> int:
+    return int(models[0].output_shape[-1])
+
+
+def leaf_layers(layer) -> list[Any]:
+    """Every non-container layer of a model, nested models (e.g. backbones) flattened in order."""
+    sub = getattr(layer, "layers", None)
+    return [layer] if sub is None else [leaf for s in sub for leaf in leaf_layers(s)]
+
+
 def model_input(models: Sequence[Any]):
     """A fresh `keras.Input` matching the members' shared input."""
     import keras
 
     return keras.Input(shape=tuple(models[0].input_shape[1:]), name="image")
+
+
+def member_probabilities(models: Sequence[Any], x: np.ndarray, *,
+                         given: np.ndarray | None = None) -> np.ndarray:
+    """Every member's probabilities on `x` as one (members, rows, classes) float64 array.
+
+    Computed once per call; `given` is a cache of exactly that array (e.g. from `merge_many`),
+    checked for shape and used instead of predicting again.
+    """
+    shape = (len(models), len(x), n_classes(models))
+    if given is not None:
+        given = np.asarray(given, dtype="float64")
+        if given.shape != shape:
+            raise MergeError(f"'val_probs' must hold (members, rows, classes) = {shape} member "
+                             f"probabilities on val; received shape {given.shape}. Pass "
+                             f"val_probs=None to compute them.")
+        return given
+    return np.stack([predict(m, x) for m in models])
+
+
+def predict(model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """`model(x)` in inference mode, batch by batch, as float64.
+
+    Eager calls instead of `model.predict`: merging calls many freshly built models once
+    each on small arrays, where `predict` would trace a new graph function per model.
+    """
+    x = np.asarray(x, dtype="float32")
+    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False),
+                                      dtype="float64")
+                           for i in range(0, len(x), batch_size)])
+
+
+def nll(p: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of labels `y` under probability rows `p` (clipped at 1e-7)."""
+    pc = np.clip(np.asarray(p, dtype="float64"), EPS, 1.0)
+    pc = pc / pc.sum(axis=1, keepdims=True)
+    return float(-np.mean(np.log(pc[np.arange(len(y)), y])))
+
+
+def accuracy(p: np.ndarray, y: np.ndarray) -> float:
+    """Share of rows whose most probable class is the label."""
+    return float(np.mean(np.asarray(p).argmax(axis=1) == np.asarray(y)))
+
+
+def check_choice(value: Any, valid: Sequence[Any], option: str, strategy: str) -> None:
+    """Refuse an option value outside `valid`, listing the valid ones."""
+    if value not in valid:
+        raise MergeError(f"strategy '{strategy}': option '{option}' must be one of "
+                         f"{list(valid)}; received {value!r}")

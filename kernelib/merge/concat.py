@@ -1,4 +1,11 @@
-"""`concat`: frozen members' penultimate features, concatenated, with a new softmax head."""
+"""`concat`: frozen members' penultimate features, concatenated, with a new softmax head.
+
+With `fine_tune_layers=k > 0`, after the head is fitted the last `k` layers with weights of
+each member (nested models such as `keras.applications` backbones looked into; batch
+normalisation left frozen, in inference mode) are unfrozen and trained together with the
+head at `fine_tune_learning_rate`. Fine-tuning works on copies, so the members passed in
+never change.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ from typing import Any
 
 import keras
 
-from kernelib.merge.base import check_xy, model_input, prepare
+from kernelib.errors import MergeError
+from kernelib.merge.base import check_xy, leaf_layers, model_input, prepare
 
 
 def feature_extractor(model):
@@ -15,21 +23,47 @@ def feature_extractor(model):
     return keras.Model(model.inputs, model.layers[-1].input, name=f"{model.name}_features")
 
 
+def unfreeze_last(model, k: int) -> list[str]:
+    """Make only the last `k` weighted, non-batch-norm layers of `model` trainable; their names."""
+    leaves = leaf_layers(model)
+    tunable = [la for la in leaves
+               if la.weights and not isinstance(la, keras.layers.BatchNormalization)][-k:]
+    model.trainable = True
+    for layer in leaves:
+        layer.trainable = any(layer is t for t in tunable)
+    return [la.name for la in tunable]
+
+
+def _copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.name = model.name
+    return clone
+
+
 def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tuple | None = None,
                  seed: int = 0, epochs: int = 20, learning_rate: float = 1e-3,
-                 batch_size: int = 64, patience: int = 3, name: str = "concat"):
+                 batch_size: int = 64, patience: int = 3, fine_tune_layers: int = 0,
+                 fine_tune_learning_rate: float = 1e-4, name: str = "concat"):
     """Concatenate the frozen members' features and fit a new softmax head on `train`.
 
-    `val` drives early stopping (best weights restored). Members stay frozen.
+    `val` drives early stopping (best weights restored). `fine_tune_layers=k` then trains
+    the last `k` weighted layers of each member too, at `fine_tune_learning_rate`.
     """
     from kernelib.data import make_dataset
     from kernelib.train import compile_model
 
     models = prepare(members, "concat")
+    if not isinstance(fine_tune_layers, int) or fine_tune_layers < 0:
+        raise MergeError(f"strategy 'concat': 'fine_tune_layers' must be an integer >= 0; "
+                         f"received {fine_tune_layers!r}")
     n_classes = models[0].output_shape[-1]
-    x_train, y_train = check_xy(train, "train", "concat", n_classes)
-    x_val, y_val = check_xy(val, "val", "concat", n_classes)
+    shape = tuple(models[0].input_shape[1:])
+    x_train, y_train = check_xy(train, "train", "concat", n_classes, input_shape=shape)
+    x_val, y_val = check_xy(val, "val", "concat", n_classes, input_shape=shape)
     keras.utils.set_random_seed(seed)
+    if fine_tune_layers:
+        models = [_copy(m) for m in models]
     extractors = [feature_extractor(m) for m in models]
     for e in extractors:
         e.trainable = False
@@ -38,12 +72,20 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
                                  name="head")(feats)
     model = keras.Model(inputs, outputs, name=name)
-    compile_model(model, learning_rate=learning_rate)
-    model.fit(
-        make_dataset(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed),
-        validation_data=make_dataset(x_val, y_val, batch_size=batch_size),
-        epochs=epochs, verbose=0, shuffle=False,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                 restore_best_weights=True)],
-    )
+
+    def fit(lr: float) -> None:
+        compile_model(model, learning_rate=lr)
+        model.fit(
+            make_dataset(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed),
+            validation_data=make_dataset(x_val, y_val, batch_size=batch_size),
+            epochs=epochs, verbose=0, shuffle=False,
+            callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                     restore_best_weights=True)],
+        )
+
+    fit(learning_rate)
+    if fine_tune_layers:
+        for e in extractors:
+            unfreeze_last(e, fine_tune_layers)
+        fit(fine_tune_learning_rate)
     return model

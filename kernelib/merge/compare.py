@@ -1,0 +1,57 @@
+"""The merge stage's comparison: quality on val against size and batch-1 latency, one table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# Okabe-Ito blue and orange: distinguishable with the common forms of colour blindness.
+_COLOURS = {"member": "#0072B2", "merged": "#E69F00"}
+
+
+def comparison_table(run, members: Sequence[Any], merged: Mapping[str, Any], val_table, *,
+                     repeats: int = 20):
+    """One row per member and merged model: kind, val accuracy, val NLL, parameters, latency.
+
+    `val_table` is the validation table of `evaluate.cache_predictions` (index: model name).
+    Latency is the median batch-1 compiled forward pass (`kernelib.cost.latency_ms`).
+    Writes `merged/comparison.json`.
+    """
+    import pandas as pd
+
+    from kernelib import cost, io
+    from kernelib.members import count_params
+
+    models = {m.name: m.model for m in members} | dict(merged)
+    extra = pd.DataFrame(
+        [{"model": name, "params": count_params(model),
+          "latency_ms_b1": round(cost.latency_ms(model, repeats=repeats), 4)}
+         for name, model in models.items()]).set_index("model")
+    table = val_table[["kind", "val_accuracy", "val_nll"]].join(extra)
+    io.write_json(run.merged / "comparison.json", table.reset_index().to_dict(orient="records"))
+    return table
+
+
+def tradeoff_figure(table):
+    """Val accuracy and val NLL against batch-1 latency, members and merged models marked."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, metric, label in ((axes[0], "val_accuracy", "val accuracy (fraction, higher is "
+                               "better)"), (axes[1], "val_nll", "val NLL (nats, lower is better)")):
+        for name, row in table.iterrows():
+            colour = _COLOURS.get(row["kind"], "#000000")
+            marker = "o" if row["kind"] == "member" else "s"
+            ax.scatter(row["latency_ms_b1"], row[metric], color=colour, marker=marker, s=40)
+            ax.annotate(str(name), (row["latency_ms_b1"], row[metric]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set(xlabel="batch-1 latency (ms, log scale)", ylabel=label)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o" if k == "member" else "s", linestyle="",
+                      label=k) for k, c in _COLOURS.items()]
+    axes[1].legend(handles=handles, loc="upper right")
+    fig.suptitle("Members and merged models: validation quality against inference cost")
+    return fig
