@@ -15,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kernelib.errors import ConfigError
 
 STAGES = ("load", "preprocess", "train", "merge", "evaluate", "export")
-MERGE_STRATEGIES = ("average", "concat")
-EXPORT_FORMATS = ("keras", "saved_model")
-RECIPES = ("mlp", "cnn", "resnet")
+MERGE_STRATEGIES = ("average", "vote", "weighted", "select", "stacking", "concat", "soup",
+                    "distill")
+EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8",
+                  "onnx")
+BACKBONES = ("mobilenet_v3_small", "efficientnet_b0", "vgg16")
+RECIPES = ("mlp", "cnn", "resnet", *BACKBONES)
 
 
 class _Strict(BaseModel):
@@ -28,9 +31,17 @@ class MemberSpec(_Strict):
     """One member: trained from a zoo recipe, or read from a `.keras` file."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", description="unique member name")
-    recipe: Literal["mlp", "cnn", "resnet"] | None = Field(None, description="zoo recipe to train")
+    recipe: Literal[RECIPES] | None = Field(None, description="zoo recipe to train")
     path: str | None = Field(None, description="a trained .keras file to use as is")
     seed: int = Field(0, ge=0, description="seed of the member's initialisation and data order")
+    finetune_from: str | None = Field(
+        None, description="start from this earlier member's trained weights instead of a fresh "
+                          "initialisation (same recipe): soup ingredients share one start")
+    image_size: int | None = Field(
+        None, ge=32, le=512, description="backbone recipes: side of the resized input (None = 32)")
+    weights: str | None = Field(
+        None, description="backbone recipes: absolute path of a local .weights.h5 file for the "
+                          "backbone (None = random initialisation)")
 
     @model_validator(mode="after")
     def _one_source(self) -> MemberSpec:
@@ -38,6 +49,22 @@ class MemberSpec(_Strict):
             raise ValueError(
                 f"member '{self.name}' needs exactly one of 'recipe' or 'path'; "
                 f"received recipe={self.recipe!r}, path={self.path!r}"
+            )
+        if self.recipe not in BACKBONES and (self.image_size or self.weights):
+            raise ValueError(
+                f"member '{self.name}': 'image_size' and 'weights' apply to backbone recipes "
+                f"{list(BACKBONES)} only; received recipe={self.recipe!r}. Remove them."
+            )
+        if self.weights and not (Path(self.weights).is_absolute()
+                                 and self.weights.endswith(".weights.h5")):
+            raise ValueError(
+                f"member '{self.name}': 'weights' must be an absolute path to a .weights.h5 "
+                f"file; received {self.weights!r}"
+            )
+        if self.finetune_from is not None and self.path is not None:
+            raise ValueError(
+                f"member '{self.name}': 'finetune_from' needs a 'recipe' (the base member's); "
+                f"received path={self.path!r}"
             )
         return self
 
@@ -71,6 +98,21 @@ class LoadParams(_Strict):
             raise ValueError(f"member names must be unique; received duplicates {dupes}")
         return self
 
+    @model_validator(mode="after")
+    def _finetune_bases(self) -> LoadParams:
+        earlier: dict[str, MemberSpec] = {}
+        for m in self.members:
+            base = earlier.get(m.finetune_from) if m.finetune_from else None
+            if m.finetune_from and (base is None or base.recipe != m.recipe):
+                raise ValueError(
+                    f"member '{m.name}': 'finetune_from' must name a recipe member listed "
+                    f"before it with the same recipe ({m.recipe!r}); received "
+                    f"finetune_from={m.finetune_from!r}. Valid: "
+                    f"{[n for n, e in earlier.items() if e.recipe == m.recipe]}"
+                )
+            earlier[m.name] = m
+        return self
+
 
 class PreprocessParams(_Strict):
     """Stage 2: seeded stratified split and normalisation."""
@@ -95,36 +137,120 @@ class TrainParams(TrainSettings):
 
 
 class MergeParams(_Strict):
-    """Stage 4: which strategies to build."""
+    """Stage 4: which strategies to build, and each strategy's options."""
 
-    strategies: list[Literal["average", "concat"]] = Field(
-        default_factory=lambda: ["average", "concat"], min_length=1,
-        description="merge strategies to build, each into merged/<strategy>.keras",
+    strategies: list[Literal[MERGE_STRATEGIES]] = Field(
+        default_factory=lambda: ["average", "vote", "weighted", "select", "stacking", "concat"],
+        min_length=1, description="merge strategies to build, each into merged/<strategy>.keras",
+    )
+    calibrate: list[Literal[MERGE_STRATEGIES]] = Field(
+        default_factory=list,
+        description="strategies whose output gets temperature scaling fitted on val NLL",
     )
     weights: list[float] | None = Field(
         None, description="fixed member weights for 'average' (load.members order); None = uniform"
     )
+    select_size: int = Field(25, ge=1, le=10_000,
+                             description="'select': picks with replacement (Caruana)")
+    select_metric: Literal["nll", "accuracy"] = Field(
+        "nll", description="'select': val metric each greedy pick optimises")
+    stacking_passthrough: bool = Field(
+        False, description="'stacking': the meta-learner also sees the raw input")
+    stacking_folds: int = Field(5, ge=2, le=50, description="'stacking': k of the k-fold over val "
+                                                           "that picks the regularisation")
     concat_epochs: int = Field(20, ge=1, description="maximum epochs for the concat head")
     concat_learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="head learning rate")
+    concat_fine_tune_layers: int = Field(
+        0, ge=0, description="'concat': unfreeze the last k weighted layers of each member after "
+                             "the head is fitted (0 = members stay frozen)")
+    concat_fine_tune_learning_rate: float = Field(
+        1e-4, gt=0.0, le=1.0, description="'concat': learning rate of the fine-tuning phase")
+    soup_mode: Literal["uniform", "greedy"] = Field(
+        "greedy", description="'soup': average all ingredients, or add them greedily on val "
+                              "(see soup_metric)")
+    soup_metric: Literal["accuracy", "nll"] = Field(
+        "accuracy", description="'soup': val metric greedy mode must not worsen")
+    soup_ingredients: list[str] | None = Field(
+        None, description="'soup': member names of one architecture (None = every member)")
+    distill_teacher: Literal[tuple(s for s in MERGE_STRATEGIES if s != "distill")] = Field(
+        "weighted", description="'distill': strategy whose merged model teaches the student")
+    distill_student: Literal[RECIPES] = Field("cnn", description="'distill': zoo recipe of the "
+                                                                 "student")
+    distill_epochs: int = Field(30, ge=1, description="'distill': maximum student epochs")
+
+    @model_validator(mode="after")
+    def _strategies_unique(self) -> MergeParams:
+        s = self.strategies
+        dupes = sorted({x for x in s if s.count(x) > 1})
+        if dupes:
+            raise ValueError(f"merge.strategies lists {dupes} more than once; list each once")
+        extra = sorted(set(self.calibrate) - set(s))
+        if extra:
+            raise ValueError(f"merge.calibrate names {extra}, which merge.strategies does not "
+                             f"build; add them to strategies or remove them from calibrate")
+        return self
 
 
 class EvaluateParams(_Strict):
-    """Stage 5: how the shipped model is chosen."""
+    """Stage 5: how the shipped model is chosen and how the evidence is computed."""
 
-    select_by: Literal["val_accuracy", "val_nll"] = Field(
+    select_by: Literal["val_accuracy", "val_nll", "val_brier", "val_ece", "val_macro_f1"] = Field(
         "val_nll", description="validation metric that picks the model to export"
+    )
+    top_k: int = Field(3, ge=1, le=100, description="k of the top-k accuracy column")
+    ece_bins: int = Field(15, ge=2, le=100, description="equal-width confidence bins of ECE/MCE")
+    bootstrap_resamples: int = Field(
+        1000, ge=100, le=100_000, description="bootstrap resamples of the 95% intervals (seeded)"
+    )
+    timing_repeats: int = Field(
+        30, ge=3, le=10_000, description="timed calls per model for the batch-1 latency median"
     )
 
 
 class ExportParams(_Strict):
-    """Stage 6: formats and the serving name/version."""
+    """Stage 6: formats, the serving name/version, verification, pruning and quantization."""
 
-    formats: list[Literal["keras", "saved_model"]] = Field(
-        default_factory=lambda: ["keras", "saved_model"], min_length=1,
-        description="export formats",
+    formats: list[Literal[EXPORT_FORMATS]] = Field(
+        default_factory=lambda: list(EXPORT_FORMATS), min_length=1,
+        description="export formats, each verified by its own runtime on the test split",
     )
     name: str = Field("digits", pattern=r"^[A-Za-z0-9_\-]+$", description="served model name")
     version: int = Field(1, ge=1, description="served model version (TF Serving folder)")
+    overwrite: bool = Field(False, description="replace existing exports of this name "
+                            "(other SavedModel versions are never deleted)")
+    calibration_rows: int = Field(200, ge=1, le=100_000, description="train rows that calibrate "
+                                  "tflite_int8 (its representative dataset)")
+    timing_repeats: int = Field(50, ge=3, le=10_000, description="repeats of each latency and "
+                                "throughput measurement (median reported)")
+    top_k: int = Field(3, ge=1, description="classes shown per input in the predict example")
+    prune_sparsities: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5, 0.75, 0.9],
+        description="sparsity sweep of magnitude pruning, each in [0, 1); [] skips it")
+    prune_epochs: int = Field(2, ge=1, le=1000, description="fine-tuning epochs per pruned model")
+    prune_learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="fine-tuning learning "
+                                       "rate while pruning")
+    export_pruned: float | None = Field(
+        None, description="also export the model pruned to this sparsity (one of "
+                          "prune_sparsities, above 0) as NAME-pruned; None = no")
+    pruned_formats: list[Literal[EXPORT_FORMATS]] = Field(
+        default_factory=lambda: ["keras", "tflite"], min_length=1,
+        description="formats of the pruned variant")
+    quantize_keras: bool = Field(True, description="compare Keras model.quantize(int8) with the "
+                                 "TFLite quantized formats")
+    intended_use: str | None = Field(None, description="intended-use text of the model card "
+                                     "(None = generated from the data card)")
+
+    @model_validator(mode="after")
+    def _pruning(self) -> ExportParams:
+        bad = [s for s in self.prune_sparsities if not 0.0 <= s < 1.0]
+        if bad:
+            raise ValueError(f"prune_sparsities must lie in [0, 1); received {bad}")
+        if self.export_pruned is not None and (self.export_pruned not in self.prune_sparsities
+                                               or self.export_pruned == 0):
+            raise ValueError(f"export_pruned must be one of prune_sparsities above 0 "
+                             f"{[s for s in self.prune_sparsities if s > 0]}; received "
+                             f"{self.export_pruned}")
+        return self
 
 
 class RunParams(_Strict):
@@ -154,6 +280,15 @@ class Config(_Strict):
                 f"merge.weights needs one weight per member ({len(self.load.members)}); "
                 f"received {len(w)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ingredients_are_members(self) -> Config:
+        names = [m.name for m in self.load.members]
+        unknown = sorted(set(self.merge.soup_ingredients or []) - set(names))
+        if unknown:
+            raise ValueError(f"merge.soup_ingredients names {unknown}, which are not members; "
+                             f"members: {names}")
         return self
 
 

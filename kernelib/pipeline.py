@@ -357,6 +357,13 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
         finally:
             manifest["ended"] = _now()
             manifest["duration_s"] = round(time.perf_counter() - t_run, 2)
+            for st in manifest["stages"]:
+                st["provenance"] = report.provenance(st) or st["status"]
+            ran_on = [st["device"] for st in manifest["stages"] if st.get("device")]
+            if ran_on:
+                manifest["devices"] = ran_on[-1]["devices"]
+                manifest["gpu_determinism"] = ran_on[-1]["deterministic"] \
+                    if ran_on[-1].get("gpus") else None
             manifest["artifacts"] = {rel: io.sha256(run_root / rel)
                                      for rel in sorted(_snapshot(run_root))}
             card = run_root / "data" / "card.json"

@@ -66,6 +66,11 @@ class RunDir:
         return self.root / "metrics"
 
     @property
+    def timings(self) -> Path:
+        """Measurements that vary between runs (latency, throughput), kept out of metrics/."""
+        return self.root / "timings"
+
+    @property
     def export(self) -> Path:
         return self.root / "export"
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -14,34 +11,16 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, predict_in_fresh_process
+from conftest import ROOT, kernelib_cli, predict_in_fresh_process
 from kernelib import pipeline
 from kernelib.errors import StageFailedError
 
 pytestmark = pytest.mark.e2e
 
 
-def kernelib_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kernelib.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One real run of configs/smoke.yaml into a temporary folder."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    proc = kernelib_cli("run", str(ROOT / "configs" / "smoke.yaml"), "--run-id", "smoke-test",
-                        "--runs-dir", str(tmp / "runs"), "--reports-dir", str(tmp / "reports"),
-                        cwd=tmp)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"proc": proc, "run": tmp / "runs" / "smoke-test",
-            "reports": tmp / "reports" / "smoke-test", "tmp": tmp}
-
-
 def test_progress_and_report_location_are_printed(smoke):
     out = smoke["proc"].stdout
-    assert "[1/7] load" in out and "[7/7] export" in out
+    assert "[1/7] load: running" in out and "[7/7] export: running" in out
     assert f"report:     {smoke['reports'] / 'index.html'}" in out
 
 
@@ -52,7 +31,11 @@ def test_run_folder_holds_every_artifact(smoke):
                 "members/mlp_0/history.csv", "members/cnn_0/model.keras",
                 "merged/average.keras", "merged/concat.keras", "merged/predictions.npz",
                 "metrics/comparison.json", "metrics/summary.json", "export/exports.json",
-                "export/digits-smoke.keras", "export/digits-smoke/1/saved_model.pb"]:
+                "export/digits-smoke.keras", "export/digits-smoke/1/saved_model.pb",
+                "export/digits-smoke.tflite", "export/digits-smoke_int8.tflite",
+                "export/digits-smoke.onnx",
+                "export/digits-smoke-pruned.tflite", "export/labels.json",
+                "export/MODEL_CARD.md", "export/model_card.json"]:
         assert (run / rel).exists(), rel
     for nb in sorted((run / "notebooks").glob("*.ipynb")):
         for cell in nbformat.read(nb, as_version=4).cells:
@@ -70,16 +53,31 @@ def test_manifest(smoke):
     assert set(m["versions"]) >= {"python", "tensorflow", "keras", "kernelib", "papermill"}
     assert m["config"]["train"]["epochs"] == 3 and m["seed"] == 0
     assert len(m["config_hash"]) == 64
+    assert set(m["versions"]) >= {"nbconvert"} and m["deterministic"] is True
+    assert set(m["git"]) == {"commit", "dirty"}
+    from kernelib import data, io
+
+    assert m["data_hash"] == data.data_card(data.load_dataset("digits"))["sha256"]
+    assert any("CPU" in d for d in m["devices"])
+    for s in m["stages"]:
+        assert len(s["key"]) == 64 and s["provenance"] == "ran" and s["outputs"]
+        assert s["started"] <= s["ended"] and s["device"]["seed"] == 0
+    for rel, sha in m["artifacts"].items():
+        assert io.sha256(smoke["run"] / rel) == sha, rel
+    assert {"data/splits.npz", "members/cnn_0/model.keras", "merged/predictions.npz"} <= set(
+        m["artifacts"])
     executed = nbformat.read(smoke["run"] / "notebooks" / "03_train_cnn_0.ipynb", as_version=4)
     assert executed.metadata.papermill.parameters["name"] == "cnn_0"
 
 
 def test_html_reports(smoke):
     reports = smoke["reports"]
-    pages = sorted(p.name for p in reports.glob("*.html"))
+    pages = sorted(p.name for p in reports.glob("*.html") if not p.name.endswith(".share.html"))
     assert pages == ["01_load.html", "02_preprocess.html", "03_train_cnn_0.html",
                      "03_train_mlp_0.html", "04_merge.html", "05_evaluate.html",
                      "06_export.html", "index.html"]
+    shared = sorted(p.name for p in reports.glob("*.share.html"))
+    assert shared == [p.replace(".html", ".share.html") for p in pages if p != "index.html"]
     for name in ["01_load.html", "03_train_mlp_0.html", "04_merge.html", "05_evaluate.html"]:
         assert "data:image/png;base64," in (reports / name).read_text(), name
     index = (reports / "index.html").read_text()
@@ -101,6 +99,28 @@ def test_saved_model_matches_keras_model_in_fresh_processes(smoke, tmp_path):
     summary = json.loads((smoke["run"] / "metrics" / "summary.json").read_text())
     y = data.read_splits(smoke["run"] / "data" / "splits.npz").y_test
     assert float(np.mean(from_sm.argmax(1) == y)) == pytest.approx(summary["test_accuracy"])
+
+
+def test_exports_are_verified_and_described_by_the_model_card(smoke):
+    run = smoke["run"]
+    entries = json.loads((run / "export" / "exports.json").read_text())
+    assert [(e["name"], e["format"]) for e in entries] == [
+        *[("digits-smoke", f) for f in ("keras", "saved_model", "tflite", "tflite_fp16",
+                                        "tflite_dynamic", "tflite_int8", "onnx")],
+        ("digits-smoke-pruned", "tflite")]
+    for e in entries:
+        assert e["parity"] == e[e["criterion"]] and e["latency_ms"] > 0, e["format"]
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert card["config_hash"] == manifest["config_hash"]
+    assert card["model"]["selected"] == json.loads(
+        (run / "metrics" / "summary.json").read_text())["selected"]
+    md = (run / "export" / "MODEL_CARD.md").read_text()
+    for heading in ["## Intended use", "## Data", "## Members and strategy", "## Metrics",
+                    "## Exports", "## Pruning sweep", "## Quantization", "## Environment"]:
+        assert heading in md, heading
+    page = (smoke["reports"] / "06_export.html").read_text()
+    assert "Pruning sweep" in page and "throughput_per_s" in page
 
 
 def test_report_rerenders_latest_run(smoke):
@@ -171,6 +191,8 @@ def test_failing_stage_stops_the_chain_and_still_reports(tmp_path):
                      progress=False)
     m = json.loads((tmp_path / "runs" / "broken" / "manifest.json").read_text())
     assert m["status"] == "failed"
+    failed = m["stages"][1]
+    assert failed["error_type"] == "RuntimeError" and failed["error_message"] == "planted failure"
     assert [s["status"] for s in m["stages"]][:3] == ["succeeded", "failed", "pending"]
     page = (tmp_path / "reports" / "broken" / "02_preprocess.html").read_text()
     assert "An Exception was encountered at" in page and "planted failure" in page
