@@ -442,11 +442,15 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in d.items()}
 
 
-def cache_predictions(run, members, merged: Mapping[str, Any], splits):
+def cache_predictions(run, members, merged: Mapping[str, Any], splits, *,
+                      val_out_of_fold: Mapping[str, np.ndarray] | None = None):
     """Predict val and test once with every member and merged model; cache them; val table.
 
-    Writes `merged/predictions.npz`, `merged/models.json` (each model's kind and file) and
-    `metrics/merge.json`. Returns the validation comparison table.
+    `val_out_of_fold` replaces the val predictions of strategies fitted on val by their
+    out-of-fold ones (`kernelib.merge.out_of_fold`), so val comparisons and the evaluate
+    stage's selection are not flattered by in-sample fits.
+    Writes `merged/predictions.npz`, `merged/models.json` (each model's kind, file and how
+    its val predictions were made) and `metrics/merge.json`. Returns the val table.
     """
     from kernelib import io
 
@@ -455,9 +459,13 @@ def cache_predictions(run, members, merged: Mapping[str, Any], splits):
     files = {m.name: str(run.member_model(m.name).relative_to(run.root)) for m in members}
     files |= {s: str(run.merged_model(s).relative_to(run.root)) for s in merged}
     preds = predict_all(models, {"val": splits.x_val, "test": splits.x_test})
+    oof = dict(val_out_of_fold or {})
+    preds["val"] |= {n: check_proba(p, name=n, n_rows=len(splits.y_val)) for n, p in oof.items()}
     save_predictions(run.predictions, preds, kinds)
     io.write_json(run.merged / "models.json",
-                  {n: {"kind": kinds[n], "path": files[n]} for n in models})
+                  {n: {"kind": kinds[n], "path": files[n],
+                       "val_predictions": "out-of-fold" if n in oof else "direct"}
+                   for n in models})
     table = comparison_table({"val": preds["val"]}, {"val": splits.y_val}, kinds)
     io.write_json(run.metrics / "merge.json", records(table))
     return table

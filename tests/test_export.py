@@ -302,3 +302,16 @@ def test_model_card_reads_the_run_folder_and_tolerates_gaps(exported, tmp_path):
     assert "| test_nll | 0.3 | not recorded |" in text and "## Pruning sweep" in text
     assert io.read_json(js)["exports"] == manifest.records()
     assert set(card["environment"]) >= {"tensorflow", "keras", "onnxruntime", "ai-edge-litert"}
+
+
+def test_vote_model_exports_with_builtin_ops(tiny_members, splits, tmp_path):
+    """The vote layer's argmax must convert to TFLite and ONNX builtin ops, with parity."""
+    from kernelib import merge
+
+    vote = merge.merge(tiny_members, "vote")
+    manifest = export.export(vote, tmp_path, ["tflite", "onnx"], name="vote",
+                             test=(splits.x_test[:64], splits.y_test[:64]))
+    for entry in manifest.entries:
+        assert entry["max_abs_diff"] == 0.0 and entry["top1_agreement"] == 1.0, entry["format"]
+    tflite_ops = next(e for e in manifest.entries if e["format"] == "tflite")["ops"]
+    assert "ARG_MAX" in tflite_ops and not [op for op in tflite_ops if "FLEX" in op.upper()]

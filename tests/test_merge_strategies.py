@@ -312,3 +312,32 @@ def test_concat_fine_tune_changes_only_the_last_layers(tiny_members, splits):
                 for a, b in zip(layer.get_weights(), m.model.get_layer(layer.name).get_weights(),
                                 strict=True):
                     np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------- out-of-fold validation
+
+def test_out_of_fold_weighted_matches_a_fold_by_fold_reference(tiny_members, splits):
+    from sklearn.model_selection import StratifiedKFold
+
+    from kernelib.merge.weighted import fit_simplex_weights
+
+    oof = merge.out_of_fold(tiny_members, ["average", "weighted"], val=splits.val, seed=3)
+    assert list(oof) == ["weighted"]  # average fits nothing on val
+    x, y = splits.val
+    p = np.stack([m.model.predict(x, verbose=0).astype("float64") for m in tiny_members])
+    expected = np.zeros(p.shape[1:])
+    for fit_rows, held in StratifiedKFold(5, shuffle=True, random_state=3).split(x[:, 0, 0], y):
+        w = fit_simplex_weights(p[:, fit_rows], y[fit_rows])
+        expected[held] = np.tensordot(w, p[:, held], axes=1)
+    np.testing.assert_allclose(oof["weighted"], expected, atol=1e-6)
+
+
+def test_out_of_fold_stacking_is_not_flattered_like_in_sample(tiny_members, splits):
+    from sklearn.metrics import log_loss
+
+    x, y = splits.val
+    in_sample = merge.merge(tiny_members, "stacking", val=splits.val).predict(x, verbose=0)
+    oof = merge.out_of_fold(tiny_members, ["stacking"], val=splits.val, calibrate=["stacking"])
+    np.testing.assert_allclose(oof["stacking"].sum(axis=1), 1.0, atol=1e-6)
+    assert log_loss(y, oof["stacking"], labels=range(10)) > log_loss(y, in_sample,
+                                                                       labels=range(10))

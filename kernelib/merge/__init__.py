@@ -117,6 +117,84 @@ def merge_many(members: Sequence[Any], strategies: Sequence[str], *, train: tupl
     return {s: merged[s] for s in strategies}
 
 
+def _fitter(strategy: str, options: dict[str, Any], *, seed: int, x=None):
+    """For a strategy fitted on member probabilities only: `fit(probs, y, rows) -> combine`,
+    where `combine(probs, rows)` maps held-out member probabilities to the strategy's output."""
+    from kernelib.merge import select as sel
+    from kernelib.merge import stacking as st
+    from kernelib.merge.weighted import fit_simplex_weights
+
+    if strategy == "weighted":
+        def fit(p, y, rows):
+            w = fit_simplex_weights(p, y)
+            return lambda q, _rows: np.tensordot(w, q, axes=1)
+    elif strategy == "select":
+        def fit(p, y, rows):
+            counts, _ = sel.greedy_selection(p, y, size=int(options.get("size", 25)),
+                                             metric=options.get("metric", "nll"))
+            w = counts / counts.sum()
+            return lambda q, _rows: np.tensordot(w, q, axes=1)
+    else:  # stacking
+        def fit(p, y, rows):
+            mean = var = None
+            raw = x.reshape(len(x), -1).astype("float64") if options.get("passthrough") else None
+            if raw is not None:
+                mean, var = raw[rows].mean(axis=0), raw[rows].var(axis=0)
+                var = np.where(var < 1e-12, 1.0, var)
+
+            def feats(q, r):
+                return st.meta_features(q, None if raw is None else x[r], mean=mean,
+                                        variance=var)
+
+            clf, _ = st.fit_meta_learner(feats(p, rows), y, k=p.shape[-1],
+                                         folds=int(options.get("folds", 5)), seed=seed)
+            return lambda q, r: clf.predict_proba(feats(q, r))
+    return fit
+
+
+def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple,
+                seed: int = 0, options: dict[str, dict[str, Any]] | None = None,
+                calibrate: Sequence[str] = (), folds: int = 5) -> dict[str, np.ndarray]:
+    """Honest validation predictions of the strategies fitted on member probabilities.
+
+    `weighted`, `select` and `stacking` are fitted on `val`, so their own val predictions
+    flatter them (stacking most). Here each of `folds` stratified folds of `val` is
+    predicted by the strategy (and its temperature, if calibrated) fitted on the other
+    folds. Use these, not the in-sample ones, to compare or select models on val.
+    Returns `{strategy: (rows, classes) probabilities}` for those strategies in `strategies`.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    wanted = [s for s in strategies if s in _FROM_PREDICTIONS]
+    if not wanted:
+        return {}
+    models = prepare(members, wanted[0])
+    x_val, y_val = check_val(models, val, wanted[0])
+    probs = member_probabilities(models, x_val)
+    n_splits = int(min(folds, np.bincount(y_val).min()))
+    if n_splits < 2:
+        raise MergeError("out-of-fold validation needs at least 2 'val' rows of every class; "
+                         f"the rarest class has {np.bincount(y_val).min()}. Use a larger "
+                         "validation split.")
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    out = {}
+    for s in wanted:
+        fit = _fitter(s, (options or {}).get(s, {}), seed=seed, x=x_val)
+        oof = np.zeros(probs.shape[1:])
+        for fit_rows, held_out in cv.split(x_val.reshape(len(x_val), -1), y_val):
+            combine = fit(probs[:, fit_rows], y_val[fit_rows], fit_rows)
+            pred = combine(probs[:, held_out], held_out)
+            if s in calibrate:
+                t = _calibrate.fit_temperature(combine(probs[:, fit_rows], fit_rows),
+                                               y_val[fit_rows])
+                z = np.log(np.clip(pred, _calibrate.EPS, 1.0)) / t
+                pred = np.exp(z - z.max(axis=1, keepdims=True))
+                pred /= pred.sum(axis=1, keepdims=True)
+            oof[held_out] = pred
+        out[s] = oof
+    return out
+
+
 def options_from_params(p) -> dict[str, dict[str, Any]]:
     """Each strategy's options from the merge stage's parameters (`params.MergeParams`)."""
     return {
@@ -163,4 +241,4 @@ def save(model, path, *, check_x: np.ndarray) -> float:
 
 
 __all__ = ["STRATEGIES", "MajorityVote", "comparison_table", "merge", "merge_many",
-           "options_from_params", "options_of", "save", "save_all", "tradeoff_figure"]
+           "options_from_params", "options_of", "out_of_fold", "save", "save_all", "tradeoff_figure"]

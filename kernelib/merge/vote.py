@@ -22,14 +22,16 @@ class MajorityVote(keras.layers.Layer):
     """One-hot row of the majority class over a list of member probability tensors."""
 
     def call(self, inputs):
-        from keras import ops
+        # TensorFlow's own argmax: keras.ops.argmax adds bitcast/bitwise ops (for -0.0) that
+        # the TFLite converter and onnxruntime reject, so the exported vote model would fail.
+        import tensorflow as tf
 
-        stacked = ops.stack([ops.cast(p, "float32") for p in inputs], axis=1)  # (rows, m, k)
+        stacked = tf.stack([tf.cast(p, "float32") for p in inputs], axis=1)  # (rows, m, k)
         k = stacked.shape[-1]
-        votes = ops.sum(ops.one_hot(ops.argmax(stacked, axis=-1), k, dtype="float32"), axis=1)
+        votes = tf.reduce_sum(tf.one_hot(tf.math.argmax(stacked, axis=-1), k), axis=1)
         # a mean probability is at most 1, so half of it separates equal vote counts only
-        score = votes + 0.5 * ops.mean(stacked, axis=1)
-        return ops.one_hot(ops.argmax(score, axis=-1), k, dtype="float32")
+        score = votes + 0.5 * tf.reduce_mean(stacked, axis=1)
+        return tf.one_hot(tf.math.argmax(score, axis=-1), k)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
