@@ -85,6 +85,20 @@ def size_bytes(path: str | Path) -> int:
     return path.stat().st_size
 
 
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Python's version and each installed package's (without importing the packages)."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

@@ -8,9 +8,7 @@ can be written from a partial run folder (a notebook opened in JupyterLab, for e
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +22,7 @@ _CI_SUFFIXES = (("_lo", "_hi"), ("_ci_low", "_ci_high"), ("_low", "_high"))
 
 def versions() -> dict[str, str]:
     """Python and the versions of the packages an exported model depends on."""
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return io.package_versions(PACKAGES)
 
 
 def _read(path: Path) -> Any:

@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -28,7 +27,6 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +144,8 @@ def select_steps(steps: list[Step], *, from_stage: str | None, only: str | None)
 
 def versions() -> dict[str, str]:
     """Versions of the pieces a result depends on (without importing TensorFlow)."""
-    out = {"python": platform.python_version()}
-    for pkg in ("kernelib", "tensorflow", "keras", "numpy", "scikit-learn", "papermill",
-                "nbconvert"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return io.package_versions(("kernelib", "tensorflow", "keras", "numpy", "scikit-learn",
+                                "papermill", "nbconvert"))
 
 
 def _digest(obj: Any) -> str:
