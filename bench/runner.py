@@ -37,7 +37,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         cold = timed(config, "--run-id", "cold", cwd=cwd)
+        print(f"cold run: {cold:.1f} s", flush=True)
         warm = timed(config, "--run-id", "warm", cwd=cwd)
+        print(f"warm re-run: {warm:.1f} s", flush=True)
         serial, parallel = [], []
         for r in range(args.repeats):  # alternate so drift hits both sides alike
             serial.append(timed(config, "--run-id", f"j1-{r}", "--only", "train", "--force",

@@ -68,6 +68,7 @@ class Step:
     notebook: str
     output: str
     parameters: dict[str, Any]
+    needs: tuple[str, ...] = ()  # labels of steps that must finish first (parallel jobs)
 
     @property
     def output_scope(self) -> str:
@@ -112,9 +113,10 @@ def plan(config: params.Config, run_root: Path) -> list[Step]:
         if stage == "train":
             for m in config.load.members:
                 if m.recipe:
+                    needs = (f"train:{m.finetune_from}",) if m.finetune_from else ()
                     steps.append(Step(stage, f"train:{m.name}", nb,
                                       f"{i:02d}_train_{m.name}.ipynb",
-                                      {**common, **section["train"], "name": m.name}))
+                                      {**common, **section["train"], "name": m.name}, needs))
             continue
         steps.append(Step(stage, stage, nb, nb, {**common, **section[stage]}))
     return steps
@@ -532,12 +534,22 @@ class _Runner:
         failed = None
         try:
             while pending or running:
-                while pending and len(running) < jobs and failed is None:
-                    k = pending.pop(0)
+                while len(running) < jobs and failed is None:
+                    # a fine-tune starts once the member it starts from is trained
+                    ready = [k for k in pending if all(
+                        records[d]["status"] == "succeeded" for d in
+                        (i for i, s in enumerate(steps) if s.label in steps[k].needs))]
+                    if not ready:
+                        break
+                    k = ready[0]
+                    pending.remove(k)
                     if self.progress:
                         print(f"  started {steps[k].label} ({threads} thread(s))", flush=True)
                     running[k] = _spawn_step(steps[k], self.rd, self.nb_dir, self.kernel_name,
                                              threads)
+                if pending and not running and failed is None:
+                    raise PipelineError(f"steps {[steps[k].label for k in pending]} wait for "
+                                        "steps that did not succeed")
                 for k, (proc, result) in list(running.items()):
                     if proc.poll() is None:
                         continue

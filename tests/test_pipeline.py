@@ -140,3 +140,9 @@ def test_bad_jobs_value(tmp_path):
     with pytest.raises(ConfigError, match="--jobs must be at least 1; received 0"):
         pipeline.run(ROOT / "configs" / "smoke.yaml", runs_dir=tmp_path, jobs=0)
     assert not list(tmp_path.iterdir())
+
+
+def test_fine_tunes_wait_for_their_base_member_in_parallel_jobs():
+    cfg = params.load_config(ROOT / "configs" / "default.yaml")
+    needs = {s.label: s.needs for s in pipeline.plan(cfg, Path("/r")) if s.stage == "train"}
+    assert needs["train:cnn_0_ft1"] == ("train:cnn_0",) and needs["train:cnn_0"] == ()
