@@ -30,7 +30,7 @@ test: $(STAMP) browser
 browser:
 	@test -x /usr/bin/chromium || { echo "installing chromium + chromium-driver (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -193,6 +193,15 @@ def spec(run, name: str) -> dict[str, Any]:
     raise MemberError(f"member '{name}' is not in this run; members: {[s['name'] for s in specs]}")
 
 
+def to_train(run, name: str | None = None) -> list[str]:
+    """`[name]` (checked to be a recipe member), or every recipe member of the run in order."""
+    specs = read_specs(run)
+    if name is None:
+        return [s["name"] for s in specs if s.get("recipe")]
+    spec(run, name)
+    return [name]
+
+
 def build_member(run, name: str, *, n_classes: int):
     """The member to train, behind the run's preprocessing model.
 

@@ -131,9 +131,10 @@ class TrainSettings(_Strict):
 
 
 class TrainParams(TrainSettings):
-    """Stage 3 notebook parameters: the shared settings plus the one member it trains."""
+    """Stage 3 notebook parameters: the shared settings plus the member it trains."""
 
-    name: str = Field("mlp_0", description="member to train (one of load.members)")
+    name: str | None = Field(None, description="member to train (one of load.members); None "
+                             "trains every recipe member in turn (the JupyterLab default)")
 
 
 class MergeParams(_Strict):

@@ -326,8 +326,9 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
     run_root = runs_dir / run_id
     report_dir = Path(reports_dir).resolve() / run_id
     steps = plan(config, run_root)
-    forced = {s.label for s in steps} if force else select_steps(steps, from_stage=from_stage,
-                                                                   only=only)
+    # --from/--only name what runs regardless of the cache; --force alone means every step
+    forced = select_steps(steps, from_stage=from_stage, only=only) or (
+        {s.label for s in steps} if force else set())
     only_mode = bool(only)
     os.environ.update(kernel_env())  # kernels inherit it
     rd = RunDir(run_root)

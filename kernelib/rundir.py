@@ -118,7 +118,7 @@ def start_stage(stage: str, *, run_dir: str, seed: int = 0, deterministic: bool 
     from kernelib import train  # TensorFlow import: only once the parameters are known good
 
     device = train.setup(seed=common.seed, deterministic=common.deterministic)
-    label = f"{stage}_{values['name']}" if stage == "train" else stage
+    label = f"{stage}_{values.get('name') or 'all'}" if stage == "train" else stage
     io.write_json(root / DEVICE_FILE.format(label=label), device)
     return Stage(name=stage, params=stage_params, run=RunDir(root), seed=common.seed,
                  device=device)

@@ -146,6 +146,33 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
     return history
 
 
+def train_members(run, names, splits, *, epochs: int, batch_size: int, learning_rate: float,
+                  patience: int, jit_compile: bool | str = "auto") -> dict[str, Any]:
+    """Build, fit and save each named recipe member of a run, in order; their histories.
+
+    Members are trained in the given order, so a fine-tune comes after the member it starts
+    from (the order of `load.members`).
+    """
+    from kernelib import members as km
+
+    histories = {}
+    for name in names:
+        model = km.build_member(run, name, n_classes=splits.n_classes)
+        histories[name] = fit(model, splits.train, splits.val, out_dir=run.member_dir(name),
+                              epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                              patience=patience, seed=km.spec(run, name)["seed"],
+                              jit_compile=jit_compile)
+        km.save_model(model, run.member_model(name))
+    return histories
+
+
+def last_epochs(histories: dict[str, Any]):
+    """One row per member: its last logged epoch (after early stopping) and its metrics."""
+    import pandas as pd
+
+    return pd.DataFrame({n: h.iloc[-1] for n, h in histories.items()}).T.rename_axis("member")
+
+
 def read_history(path: str | Path):
     import pandas as pd
 

@@ -146,3 +146,10 @@ def test_fine_tunes_wait_for_their_base_member_in_parallel_jobs():
     cfg = params.load_config(ROOT / "configs" / "default.yaml")
     needs = {s.label: s.needs for s in pipeline.plan(cfg, Path("/r")) if s.stage == "train"}
     assert needs["train:cnn_0_ft1"] == ("train:cnn_0",) and needs["train:cnn_0"] == ()
+
+
+def test_only_with_force_still_runs_only_the_named_stage(tmp_path):
+    """--force with --only re-runs just that stage; without a cache for the rest it refuses."""
+    with pytest.raises(PipelineError, match=r"--only: step 'load' has no cached result"):
+        pipeline.run(ROOT / "configs" / "smoke.yaml", runs_dir=tmp_path / "runs",
+                     reports_dir=tmp_path / "reports", only="train", force=True, progress=False)
