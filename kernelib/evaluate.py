@@ -601,12 +601,6 @@ def _summary(table, intervals, gains, selected: str, best: str, *, select_by: st
     return s
 
 
-def evaluate_run(run, splits, *, select_by: str = "val_nll", **options: Any):
-    """The comparison table and the summary of `run_evaluation` (same options)."""
-    ev = run_evaluation(run, splits, select_by=select_by, **options)
-    return ev.comparison, ev.summary
-
-
 def cost_table(run, *, repeats: int = 30):
     """Parameters, file size, batch-1 latency and batch-256 throughput of every model file.
 

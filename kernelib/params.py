@@ -362,12 +362,6 @@ def validate_common(values: dict[str, Any]) -> CommonParams:
         raise ConfigError(_format_errors(err, "common notebook parameters")) from None
 
 
-def notebook_defaults(stage: str) -> dict[str, Any]:
-    """The defaults a stage notebook's `parameters` cell must hold (JSON-compatible)."""
-    common = CommonParams().model_dump(mode="json")
-    return {**common, **STAGE_MODELS[stage]().model_dump(mode="json")}
-
-
 def describe(stage: str | None = None) -> list[dict[str, Any]]:
     """Every parameter of one stage (or all) with type, default and help, for `kernelib params`."""
     stages = [stage] if stage else list(STAGE_MODELS)

@@ -214,18 +214,6 @@ def sparsity(model) -> float:
     return float(sum(int((w == 0).sum()) for w in ws) / sum(w.size for w in ws))
 
 
-def sparsity_table(model):
-    """One row per Dense/Conv kernel: its shape, weights, zeros and sparsity."""
-    import pandas as pd
-
-    rows = []
-    for path, v in prunable_kernels(model):
-        w = np.asarray(v.numpy())
-        rows.append({"kernel": path, "shape": str(tuple(w.shape)), "weights": w.size,
-                     "zeros": int((w == 0).sum()), "sparsity": float((w == 0).mean())})
-    return pd.DataFrame(rows).set_index("kernel")
-
-
 def compressed_size(model) -> tuple[int, int]:
     """Bytes of the model's `.keras` file, and of that file gzip-compressed (level 9)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -171,9 +171,3 @@ def last_epochs(histories: dict[str, Any]):
     import pandas as pd
 
     return pd.DataFrame({n: h.iloc[-1] for n, h in histories.items()}).T.rename_axis("member")
-
-
-def read_history(path: str | Path):
-    import pandas as pd
-
-    return pd.read_csv(path)
