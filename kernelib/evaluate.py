@@ -522,6 +522,13 @@ class Evaluation:
             "NLL difference to it": f"{s['nll_diff']:+.4f} nats ({level} CI "
                                     f"{s['nll_diff_lo']:+.4f} to {s['nll_diff_hi']:+.4f})",
         }
+        if s.get("best_merged"):
+            ratio = s["best_merged_error_ratio"]
+            rows["best merged model"] = (
+                f"{s['best_merged']} ({s['best_merged_test_accuracy']:.4f}, NLL "
+                f"{s['best_merged_test_nll']:.4f}; error ratio to the best member "
+                + ("n/a: it makes no error" if ratio is None else f"{ratio:.2f}") + ")")
+            rows["merged models that lose"] = below_best_sentence(s)
         if s.get("note"):
             rows["note"] = s["note"]
         return pd.DataFrame({"value": rows}).rename_axis("headline")
@@ -596,9 +603,51 @@ def _summary(table, intervals, gains, selected: str, best: str, *, select_by: st
               "accuracy_gain_hi": float(g["test_accuracy_diff_hi"]),
               "nll_diff": float(g["test_nll_diff"]), "nll_diff_lo": float(g["test_nll_diff_lo"]),
               "nll_diff_hi": float(g["test_nll_diff_hi"]), "verdict": str(g["verdict"])}
+    s |= merged_versus_best(table, best)
     if "note" in table.columns:
         s["note"] = str(table["note"].iloc[0])
     return s
+
+
+def merged_versus_best(table, best: str, *, split: str = "test") -> dict[str, Any]:
+    """Every merged model against the best member on `split`, in plain terms.
+
+    `best_merged` is the merged model with the highest accuracy (lowest NLL on ties) and
+    `best_merged_error_ratio` its error over the best member's (None when the member makes no
+    error); `merged_below_best` names each merged model with lower accuracy or higher NLL
+    than the best member, with both differences.
+    """
+    merged = table[table["kind"] != "member"]
+    if merged.empty:
+        return {}
+    acc, nll_ = f"{split}_accuracy", f"{split}_nll"
+    ranked = merged.sort_values([acc, nll_], ascending=[False, True], kind="stable")
+    top, b = ranked.index[0], table.loc[best]
+    err_best = 1 - float(b[acc])
+    below = [{"model": str(n), "accuracy_diff": float(r[acc] - b[acc]),
+              "nll_diff": float(r[nll_] - b[nll_])}
+             for n, r in merged.iterrows() if r[acc] < b[acc] or r[nll_] > b[nll_]]
+    return {"best_member": best, "best_merged": str(top),
+            f"best_merged_{split}_accuracy": float(ranked.iloc[0][acc]),
+            f"best_merged_{split}_nll": float(ranked.iloc[0][nll_]),
+            "best_merged_error_ratio": (1 - float(ranked.iloc[0][acc])) / err_best
+            if err_best > 0 else None,
+            f"best_member_{split}_nll": float(b[nll_]),
+            "merged_below_best": below}
+
+
+def below_best_sentence(s: Mapping[str, Any]) -> str | None:
+    """'weighted is below the best member X: accuracy -0.28 points, NLL +0.0012' or None."""
+    below = s.get("merged_below_best")
+    if below is None:
+        return None
+    if not below:
+        return (f"every merged model is at or above the best member {s['best_member']} on "
+                "test accuracy and NLL")
+    parts = [f"{r['model']} ({100 * r['accuracy_diff']:+.2f} points, NLL "
+             f"{r['nll_diff']:+.4f})" for r in below]
+    return (f"below the best member {s['best_member']} on test accuracy or NLL: "
+            + "; ".join(parts))
 
 
 def cost_table(run, *, repeats: int = 30):

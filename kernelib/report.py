@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kernelib import io
+from kernelib import evaluate, io
 from kernelib.errors import PipelineError
 from kernelib.params import STAGES
 
@@ -174,6 +174,16 @@ def _headline(manifest: dict[str, Any], metrics: Path) -> str:
                      f'{_esc(s.get("verdict", ""))})</span>')
         parts.append(f"<div>gain over the best member {_esc(s['best_member'])} "
                      f"({s['best_member_test_accuracy']:.4f}): {gain}</div>")
+    if s.get("best_merged"):
+        ratio = s["best_merged_error_ratio"]
+        parts.append(f"<div>best merged model: {_esc(s['best_merged'])} (test accuracy "
+                     f"{s['best_merged_test_accuracy']:.4f}, NLL {s['best_merged_test_nll']:.4f}"
+                     "; test error ratio to the best member "
+                     + ("n/a, the best member makes no error" if ratio is None
+                        else f"{ratio:.2f}") + ")</div>")
+    sentence = evaluate.below_best_sentence(s)
+    if sentence:
+        parts.append(f'<div id="losers">{_esc(sentence[0].upper() + sentence[1:])}</div>')
     if s.get("note"):
         parts.append(f'<div class="muted">note: {_esc(s["note"])}</div>')
     return f'<div class="headline" id="headline">{"".join(parts)}</div>'

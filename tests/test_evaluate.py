@@ -215,6 +215,31 @@ def test_comparison_table_selection_and_gain():
     assert s["test_error_ratio"] == 0.0
 
 
+def test_merged_versus_best_hand_worked():
+    # 200 test rows: the best member makes 10 errors, merged m1 makes 7, m2 makes 12
+    table = pd.DataFrame({
+        "kind": ["member", "member", "merged", "merged"],
+        "test_accuracy": [0.95, 0.90, 0.965, 0.94],
+        "test_nll": [0.20, 0.30, 0.15, 0.18],
+    }, index=["best", "weak", "m1", "m2"])
+    s = evaluate.merged_versus_best(table, "best")
+    assert s["best_merged"] == "m1" and s["best_merged_error_ratio"] == pytest.approx(0.7)
+    assert s["best_member_test_nll"] == 0.20 and s["best_merged_test_nll"] == 0.15
+    assert [r["model"] for r in s["merged_below_best"]] == ["m2"]
+    assert s["merged_below_best"][0]["accuracy_diff"] == pytest.approx(-0.01)
+    assert s["merged_below_best"][0]["nll_diff"] == pytest.approx(-0.02)
+    assert evaluate.below_best_sentence(s) == (
+        "below the best member best on test accuracy or NLL: m2 (-1.00 points, NLL -0.0200)")
+    # a merged model with the same accuracy but a higher NLL loses too; a perfect member: no ratio
+    table.loc["m1", "test_nll"] = 0.25
+    table.loc["best", "test_accuracy"] = 1.0
+    s = evaluate.merged_versus_best(table, "best")
+    assert s["best_merged_error_ratio"] is None
+    assert [r["model"] for r in s["merged_below_best"]] == ["m1", "m2"]
+    assert evaluate.merged_versus_best(table[table["kind"] == "member"], "best") == {}
+    assert evaluate.below_best_sentence({}) is None
+
+
 @pytest.mark.parametrize("by, best", [("val_nll", "min"), ("val_brier", "min"), ("val_ece", "min"),
                                       ("val_accuracy", "max"), ("val_macro_f1", "max")])
 def test_select_direction(by, best):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from html.parser import HTMLParser
@@ -11,7 +12,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from conftest import HOSTILE, hostile_reports, synthetic_run
-from kernelib import io, report
+from kernelib import evaluate, io, report
 from kernelib.errors import PipelineError
 
 EVIL = HOSTILE
@@ -107,6 +108,11 @@ def test_index_headline_stages_and_links(rendered):
            f"{s['test_accuracy_hi']:.4f})" in visible
     if s["selected"] != s["best_member"]:
         assert f"gain over the best member {s['best_member']}" in visible
+    assert f"best merged model: {s['best_merged']} (test accuracy " in visible
+    losers = html.unescape(text.split('id="losers">')[1].split("</div>")[0])
+    assert losers.lower() == evaluate.below_best_sentence(s).lower()
+    for row in s["merged_below_best"]:
+        assert row["model"] in losers
     assert text.index('id="headline"') < text.index('id="stages"')
     assert "cached (from run an-earlier-run)" in visible and "ran or cached" in visible
     assert "05_evaluate.share.html" in page.links and "05_evaluate.html" in page.links
