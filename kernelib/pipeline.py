@@ -580,6 +580,19 @@ class _Runner:
             raise
 
 
+def _local_kernel_manager():
+    """jupyter_client's KernelManager talking to the kernel over Unix sockets (`ipc`): the
+    kernels run on this machine, so no TCP port needs to be opened (ipykernel warns on each
+    start that a TCP kernel sends code and outputs unencrypted)."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import CaselessStrEnum
+
+    class LocalKernelManager(KernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return LocalKernelManager
+
+
 def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDir,
                   kernel_name: str, progress: bool) -> None:
     """Execute one notebook with papermill and fill in its manifest record."""
@@ -596,6 +609,7 @@ def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDi
         pm.execute_notebook(
             str(nb_dir / step.notebook), str(out), parameters=step.parameters,
             kernel_name=kernel_name, cwd=str(nb_dir), progress_bar=progress,
+            kernel_manager_class=_local_kernel_manager(),
         )
         record["status"] = "succeeded"
     except pm.PapermillExecutionError as err:
