@@ -585,10 +585,16 @@ def _local_kernel_manager():
     kernels run on this machine, so no TCP port needs to be opened (ipykernel warns on each
     start that a TCP kernel sends code and outputs unencrypted)."""
     from jupyter_client.manager import KernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import CaselessStrEnum
 
+    # a Unix socket path holds at most 107 bytes: <runtime dir>/kernel-<uuid>-ipc-<port>;
+    # Windows has no ipc transport. Either way, fall back to TCP on the loopback address.
+    ipc = os.name == "posix" and len(os.fsencode(jupyter_runtime_dir())) <= 56
+
     class LocalKernelManager(KernelManager):
-        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if ipc else "tcp",
+                                    config=True)
 
     return LocalKernelManager
 
