@@ -580,25 +580,6 @@ class _Runner:
             raise
 
 
-def _local_kernel_manager():
-    """jupyter_client's KernelManager talking to the kernel over Unix sockets (`ipc`): the
-    kernels run on this machine, so no TCP port needs to be opened (ipykernel warns on each
-    start that a TCP kernel sends code and outputs unencrypted)."""
-    from jupyter_client.manager import KernelManager
-    from jupyter_core.paths import jupyter_runtime_dir
-    from traitlets import CaselessStrEnum
-
-    # a Unix socket path holds at most 107 bytes: <runtime dir>/kernel-<uuid>-ipc-<port>;
-    # Windows has no ipc transport. Either way, fall back to TCP on the loopback address.
-    ipc = os.name == "posix" and len(os.fsencode(jupyter_runtime_dir())) <= 56
-
-    class LocalKernelManager(KernelManager):
-        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if ipc else "tcp",
-                                    config=True)
-
-    return LocalKernelManager
-
-
 def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDir,
                   kernel_name: str, progress: bool) -> None:
     """Execute one notebook with papermill and fill in its manifest record."""
@@ -615,7 +596,6 @@ def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDi
         pm.execute_notebook(
             str(nb_dir / step.notebook), str(out), parameters=step.parameters,
             kernel_name=kernel_name, cwd=str(nb_dir), progress_bar=progress,
-            kernel_manager_class=_local_kernel_manager(),
         )
         record["status"] = "succeeded"
     except pm.PapermillExecutionError as err:

@@ -153,10 +153,3 @@ def test_only_with_force_still_runs_only_the_named_stage(tmp_path):
     with pytest.raises(PipelineError, match=r"--only: step 'load' has no cached result"):
         pipeline.run(ROOT / "configs" / "smoke.yaml", runs_dir=tmp_path / "runs",
                      reports_dir=tmp_path / "reports", only="train", force=True, progress=False)
-
-
-def test_stage_kernels_use_unix_sockets_unless_the_path_is_too_long(tmp_path, monkeypatch):
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", "/tmp/kl-rt")  # only the name's length counts
-    assert pipeline._local_kernel_manager()(kernel_name="python3").transport == "ipc"
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("x" * 80)))
-    assert pipeline._local_kernel_manager()(kernel_name="python3").transport == "tcp"
