@@ -54,8 +54,11 @@ def _popen(tmp: Path, *args: str, config: Path | None = None) -> subprocess.Pope
     cmd = [sys.executable, "-m", "kernelib.cli", "run",
            str(config or ROOT / "configs" / "smoke.yaml"), *args, "--runs-dir",
            str(tmp / "runs"), "--reports-dir", str(tmp / "reports"), "--quiet"]
+    # Ctrl-C as from a terminal: a shell starts background jobs (`make test &`, a CI runner)
+    # with SIGINT ignored, and the child would inherit that
     return subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _kernels(proc: subprocess.Popen) -> set[int]:
@@ -170,11 +173,17 @@ def test_ctrl_c_stops_kernels_and_a_second_run_is_locked_out(runs):
         kernels |= _kernels(proc)
         time.sleep(0.1)
     assert kernels, "no kernel started"
+    t_kernel = time.time()
     second = _run(runs, "--run-id", "busy", "--only", "train")
+    t_second = time.time() - t_kernel
     assert second.returncode == 1 and "in use by process" in second.stderr
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+    t_sigint = time.time() - t_kernel
+    rc = proc.wait(timeout=120)
+    assert rc == 130, (f"exit {rc}; second run took {t_second:.1f} s, SIGINT sent "
+                       f"{t_sigint:.1f} s after the first kernel appeared; "
+                       f"manifest {_manifest(runs, 'busy')}; output {proc.stdout.read()[-2000:]}")
     time.sleep(1)
     assert not _alive(kernels)
     m = _manifest(runs, "busy")
