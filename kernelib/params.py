@@ -217,8 +217,9 @@ class ExportParams(_Strict):
     )
     name: str = Field("digits", pattern=r"^[A-Za-z0-9_\-]+$", description="served model name")
     version: int = Field(1, ge=1, description="served model version (TF Serving folder)")
-    overwrite: bool = Field(False, description="replace existing exports of this name "
-                            "(other SavedModel versions are never deleted)")
+    overwrite: bool = Field(True, description="replace this run's earlier exports of this "
+                            "name and version when the stage runs again (false refuses); "
+                            "other SavedModel versions are never deleted")
     calibration_rows: int = Field(200, ge=1, le=100_000, description="train rows that calibrate "
                                   "tflite_int8 (its representative dataset)")
     timing_repeats: int = Field(50, ge=3, le=10_000, description="repeats of each latency and "

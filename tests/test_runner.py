@@ -115,6 +115,22 @@ def test_export_change_reruns_only_export_and_leaves_no_kernel(runs):
     assert kernels and not _alive(kernels)
 
 
+def test_export_stage_runs_again_in_the_same_run_folder(runs):
+    export_dir = runs / "runs" / "smoke-test" / "export"
+    before = {p.name: p.read_bytes() for p in export_dir.glob("*.onnx")}
+    assert before
+    refused = _run(runs, "--run-id", "smoke-test", "--only", "export",
+                   config=_config(runs, export={"overwrite": False}))
+    assert refused.returncode == 1 and "already exists; refusing to replace" in refused.stderr
+    assert {p.name: p.read_bytes() for p in export_dir.glob("*.onnx")} == before  # untouched
+    again = _run(runs, "--run-id", "smoke-test", "--only", "export")  # the default replaces
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    stage = {s["label"]: s for s in _manifest(runs, "smoke-test")["stages"]}["export"]
+    assert stage["status"] == "succeeded" and "cached_from" not in stage
+    assert sorted(p.name for p in export_dir.glob("*.onnx")) == sorted(before)
+    assert not [p for p in export_dir.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
 def test_same_seed_gives_byte_identical_metrics(smoke, runs):
     proc = _run(runs, "--run-id", "forced", "--force")
     assert proc.returncode == 0, proc.stderr[-2000:]
