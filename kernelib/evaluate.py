@@ -523,11 +523,7 @@ class Evaluation:
                                     f"{s['nll_diff_lo']:+.4f} to {s['nll_diff_hi']:+.4f})",
         }
         if s.get("best_merged"):
-            ratio = s["best_merged_error_ratio"]
-            rows["best merged model"] = (
-                f"{s['best_merged']} ({s['best_merged_test_accuracy']:.4f}, NLL "
-                f"{s['best_merged_test_nll']:.4f}; error ratio to the best member "
-                + ("n/a: it makes no error" if ratio is None else f"{ratio:.2f}") + ")")
+            rows["best merged model"] = best_merged_sentence(s)
             rows["merged models that lose"] = below_best_sentence(s)
         if s.get("note"):
             rows["note"] = s["note"]
@@ -634,6 +630,14 @@ def merged_versus_best(table, best: str, *, split: str = "test") -> dict[str, An
             if err_best > 0 else None,
             f"best_member_{split}_nll": float(b[nll_]),
             "merged_below_best": below}
+
+
+def best_merged_sentence(s: Mapping[str, Any]) -> str:
+    """'weighted (test accuracy 0.9972, NLL 0.0194; test error ratio to the best member 1.00)'."""
+    ratio = s["best_merged_error_ratio"]
+    return (f"{s['best_merged']} (test accuracy {s['best_merged_test_accuracy']:.4f}, NLL "
+            f"{s['best_merged_test_nll']:.4f}; test error ratio to the best member "
+            + ("n/a, the best member makes no error" if ratio is None else f"{ratio:.2f}") + ")")
 
 
 def below_best_sentence(s: Mapping[str, Any]) -> str | None:

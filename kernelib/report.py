@@ -175,12 +175,7 @@ def _headline(manifest: dict[str, Any], metrics: Path) -> str:
         parts.append(f"<div>gain over the best member {_esc(s['best_member'])} "
                      f"({s['best_member_test_accuracy']:.4f}): {gain}</div>")
     if s.get("best_merged"):
-        ratio = s["best_merged_error_ratio"]
-        parts.append(f"<div>best merged model: {_esc(s['best_merged'])} (test accuracy "
-                     f"{s['best_merged_test_accuracy']:.4f}, NLL {s['best_merged_test_nll']:.4f}"
-                     "; test error ratio to the best member "
-                     + ("n/a, the best member makes no error" if ratio is None
-                        else f"{ratio:.2f}") + ")</div>")
+        parts.append(f"<div>best merged model: {_esc(evaluate.best_merged_sentence(s))}</div>")
     sentence = evaluate.below_best_sentence(s)
     if sentence:
         parts.append(f'<div id="losers">{_esc(sentence[0].upper() + sentence[1:])}</div>')
