@@ -89,11 +89,17 @@ def artifact_path(out_dir: str | Path, fmt: str, *, name: str, version: int) -> 
 # ---------------------------------------------------------------------------- the model
 
 
+def named_layers(model, prefix: str = ""):
+    """`(path, layer)` for every layer inside `model`, nested models and their layers included
+    (depth first); paths name the nested models (`backbone/conv1`)."""
+    for layer in getattr(model, "layers", []):
+        yield prefix + layer.name, layer
+        yield from named_layers(layer, f"{prefix}{layer.name}/")
+
+
 def walk_layers(model):
     """Every layer inside `model`, nested models and their layers included (depth first)."""
-    for sub in getattr(model, "layers", []):
-        yield sub
-        yield from walk_layers(sub)
+    return (layer for _, layer in named_layers(model))
 
 
 def _is_augmentation(layer) -> bool:
@@ -207,23 +213,6 @@ def reference_predictions(model, x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- writers
-
-
-def write(model, fmt: str, path: str | Path, *, saved_model: str | Path | None = None,
-          calibration_data: np.ndarray | None = None) -> Path:
-    """Write one format to `path` atomically, without verifying it.
-
-    TFLite formats convert `saved_model` (a SavedModel folder) when given, otherwise a
-    temporary export of `model`; `tflite_int8` needs `calibration_data` (rows of raw inputs).
-    """
-    check_formats([fmt])
-    path = Path(path)
-    with tempfile.TemporaryDirectory() as scratch, io.atomic_path(path) as tmp:
-        source = saved_model
-        if fmt.startswith("tflite") and source is None:
-            source = _write_file(model, "saved_model", Path(scratch) / "saved_model")
-        _write_file(model, fmt, tmp, saved_model=source, calibration_data=calibration_data)
-    return path
 
 
 def _write_file(model, fmt: str, dest: Path, *, saved_model: str | Path | None = None,
@@ -569,11 +558,18 @@ def compare_quantization(model, manifest: ExportManifest, test: tuple[np.ndarray
     import pandas as pd
 
     x, y = test
-    ref_acc = float(np.mean(reference_predictions(model, x).argmax(1) == y))
+    # the export already predicted these rows and wrote the .keras file: reuse both
+    ref_acc = next((e["reference_accuracy"] for e in manifest.entries
+                    if "reference_accuracy" in e), None)
+    if ref_acc is None:
+        ref_acc = float(np.mean(reference_predictions(model, x).argmax(1) == y))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         float_path, int8_path = Path(tmp) / "float.keras", Path(tmp) / "int8.keras"
-        model.save(float_path)
+        if "keras" in manifest.formats:
+            float_path = manifest.path("keras")
+        else:
+            model.save(float_path)
         rows.append({"variant": "keras float32", "runtime": "keras",
                      "bytes": io.size_bytes(float_path), "accuracy": ref_acc,
                      "note": "the model as exported"})

@@ -12,12 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kernelib import io
+from kernelib import evaluate, io, runtimes
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
 PACKAGES = ("kernelib", "tensorflow", "keras", "numpy", "scikit-learn", "onnx", "onnxruntime",
             "tf2onnx", "ai-edge-litert")
-_CI_SUFFIXES = (("_lo", "_hi"), ("_ci_low", "_ci_high"), ("_low", "_high"))
 
 
 def versions() -> dict[str, str]:
@@ -35,20 +34,18 @@ def metric_rows(summary: Mapping[str, Any] | None,
     """`{metric, value, lo, hi}` rows for the selected model; an interval where one is recorded.
 
     Metrics are the float values (integers are counts and seeds, not metrics).
-    Intervals are read from `<metric>_lo`/`_hi` (or `_ci_low`/`_ci_high`) keys next to the
-    metric in the same mapping.
+    Intervals are read from the `<metric>_lo`/`_hi` keys the evaluate stage writes next to
+    the metric in the same mapping.
     """
     sources = [s for s in (interval_row, summary, selected_row) if s]
-    bounds = tuple(suffix for pair in _CI_SUFFIXES for suffix in pair)
     rows: dict[str, dict[str, Any]] = {}
     for src in sources:
         for key, value in src.items():
-            if not isinstance(value, float) or key.endswith(bounds) or key == "ci_level":
+            if not isinstance(value, float) or key.endswith(("_lo", "_hi")) or key == "ci_level":
                 continue
             row = rows.setdefault(key, {"metric": key, "value": value, "lo": None, "hi": None})
-            for lo, hi in _CI_SUFFIXES:
-                if row["lo"] is None and key + lo in src and key + hi in src:
-                    row["lo"], row["hi"] = src[key + lo], src[key + hi]
+            if row["lo"] is None and key + "_lo" in src and key + "_hi" in src:
+                row["lo"], row["hi"] = src[key + "_lo"], src[key + "_hi"]
     return list(rows.values())
 
 
@@ -66,7 +63,7 @@ def build(run, manifest, *, variants: Sequence[Any] = (), intended_use: str | No
     comparison = _read(run.metrics / "comparison.json") or []
     intervals = _read(run.metrics / "intervals.json") or []
     run_manifest = _read(run.manifest) or {}
-    labels = _read(manifest.out_dir / "labels.json") or {}
+    labels = _read(manifest.out_dir / runtimes.LABELS_FILE) or {}
     classes = labels.get("class_names") or data.get("class_names") or []
     return {
         "model": {"name": manifest.name, "version": manifest.version, "selected": selected,
@@ -85,19 +82,16 @@ def build(run, manifest, *, variants: Sequence[Any] = (), intended_use: str | No
             "summary": summary or None,
         },
         "exports": [r for m in (manifest, *variants) for r in m.records()],
-        "compression": {k: records(v) for k, v in (compression or {}).items() if v is not None},
+        "compression": {k: _records(v) for k, v in (compression or {}).items() if v is not None},
         "environment": versions(),
         "run_id": run_manifest.get("run_id", run.root.name),
         "config_hash": run_manifest.get("config_hash"),
     }
 
 
-def records(table: Any) -> list[dict[str, Any]]:
-    """A DataFrame (index included) or a list of mappings as JSON-ready records (NaN -> None)."""
-    if hasattr(table, "reset_index"):
-        table = table.reset_index().to_dict(orient="records")
-    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-            for r in table]
+def _records(table: Any) -> list[dict[str, Any]]:
+    """A DataFrame as JSON-ready records (`evaluate.records`); a list of records as it is."""
+    return table if isinstance(table, list) else evaluate.records(table)
 
 
 def _row(rows: Sequence[Mapping[str, Any]], model: str | None) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ kernelib keeps it small. A callback (`Pruner`) holds one mask per kernel; on a p
 schedule it raises the sparsity and re-ranks the weights by magnitude, and after every
 training batch it multiplies the masks in, so a pruned weight is zero whenever the model is
 used and stays zero. Kernels under `MIN_WEIGHTS` weights stay dense. No layer is wrapped,
-so `strip` only copies the result into a plain model without optimizer state, which saves
+so `copy_model` only copies the result into a plain model without optimizer state, which saves
 and exports like any other.
 
 Example::
@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from kernelib.errors import ConfigError
-from kernelib.export import reference_predictions, walk_layers
+from kernelib.export import named_layers, reference_predictions, walk_layers
 
 # Kernels smaller than this stay dense: the first convolution and the classifier layers are
 # small and sensitive (pruning them 90% collapsed a stacked digits model to chance) and hold
@@ -45,7 +45,7 @@ def prunable_kernels(model, *, min_weights: int = 0) -> list[tuple[str, keras.Va
     Kernels with fewer than `min_weights` weights are left out.
     """
     out, seen = [], set()
-    for path, layer in _named_layers(model):
+    for path, layer in named_layers(model):
         if not isinstance(layer, PRUNABLE):
             continue
         for v in layer.weights:
@@ -54,13 +54,6 @@ def prunable_kernels(model, *, min_weights: int = 0) -> list[tuple[str, keras.Va
                 seen.add(id(v))
                 out.append((f"{path}/kernel", v))
     return out
-
-
-def _named_layers(model, prefix: str = ""):
-    """`(path, layer)` for every layer inside `model`; paths name the nested models."""
-    for layer in getattr(model, "layers", []):
-        yield prefix + layer.name, layer
-        yield from _named_layers(layer, f"{prefix}{layer.name}/")
 
 
 @dataclass(frozen=True)
@@ -165,11 +158,6 @@ def copy_model(model):
     return clone
 
 
-def strip(model):
-    """The pruned model as a plain Keras model: zeroed weights kept, no optimizer state."""
-    return copy_model(model)
-
-
 def prune(model, train: tuple[np.ndarray, np.ndarray], *, sparsity: float, epochs: int = 2,
           batch_size: int = 64, learning_rate: float = 1e-3, end_fraction: float = 0.7,
           min_weights: int = MIN_WEIGHTS, seed: int = 0):
@@ -205,7 +193,7 @@ def prune(model, train: tuple[np.ndarray, np.ndarray], *, sparsity: float, epoch
                     epochs=epochs, callbacks=[pruner], verbose=0, shuffle=False)
     for layer, trainable in flags:
         layer.trainable = trainable
-    return strip(work), pd.DataFrame(hist.history).rename_axis("epoch")
+    return copy_model(work), pd.DataFrame(hist.history).rename_axis("epoch")
 
 
 def sparsity(model) -> float:
@@ -238,7 +226,7 @@ def sparsity_sweep(model, train: tuple[np.ndarray, np.ndarray],
     x_test, y_test = test
     rows, models = [], {}
     for target in sparsities:
-        pruned = strip(model) if target == 0 else prune(
+        pruned = copy_model(model) if target == 0 else prune(
             model, train, sparsity=target, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, seed=seed)[0]
         raw, packed = compressed_size(pruned)
