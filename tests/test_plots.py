@@ -11,6 +11,7 @@ import pytest
 
 from conftest import synthetic_run
 from kernelib import evaluate, plots
+from kernelib.merge.compare import tradeoff_figure
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,8 @@ def _figures(ev, cost):
             e.reliability, models=e.compared, ece=e.comparison["test_ece"]),
         "diversity_heatmap": plots.diversity_heatmap(e.diversity),
         "accuracy_vs_latency": plots.accuracy_vs_latency(e.comparison, cost),
+        "tradeoff_figure": tradeoff_figure(
+            e.comparison[["kind", "val_accuracy", "val_nll"]].join(cost[["latency_ms_b1"]])),
     }
 
 
@@ -47,7 +50,7 @@ UNIT = re.compile(r"\(.+\)")  # every axis label names its unit in parentheses
 
 @pytest.mark.parametrize("name", ["training_curves", "confusion_matrix", "comparison_bars",
                                   "reliability_diagram", "diversity_heatmap",
-                                  "accuracy_vs_latency"])
+                                  "accuracy_vs_latency", "tradeoff_figure"])
 def test_every_figure_has_title_labels_units_and_renders(ev, cost, name):
     fig = _figures(ev, cost)[name]
     titled = fig._suptitle is not None or any(ax.get_title() for ax in fig.axes)

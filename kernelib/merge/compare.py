@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# Okabe-Ito blue and orange: distinguishable with the common forms of colour blindness.
-_COLOURS = {"member": "#0072B2", "merged": "#E69F00"}
-
 
 def comparison_table(run, members: Sequence[Any], merged: Mapping[str, Any], val_table, *,
                      repeats: int = 20):
@@ -34,15 +31,16 @@ def comparison_table(run, members: Sequence[Any], merged: Mapping[str, Any], val
 
 def tradeoff_figure(table):
     """Val accuracy and val NLL against batch-1 latency, members and merged models marked."""
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    from kernelib import plots
+
+    fig = plots._figure(figsize=(11, 4.2))  # shows as a PNG in Jupyter without pyplot
     axes = fig.subplots(1, 2)
     for ax, metric, label in ((axes[0], "val_accuracy", "val accuracy (fraction, higher is "
                                "better)"), (axes[1], "val_nll", "val NLL (nats, lower is better)")):
         for name, row in table.iterrows():
-            colour = _COLOURS.get(row["kind"], "#000000")
+            colour = plots._kind_colour(row["kind"])
             marker = "o" if row["kind"] == "member" else "s"
             ax.scatter(row["latency_ms_b1"], row[metric], color=colour, marker=marker, s=40)
             ax.annotate(str(name), (row["latency_ms_b1"], row[metric]), fontsize=7,
@@ -50,8 +48,8 @@ def tradeoff_figure(table):
         ax.set_xscale("log")
         ax.set(xlabel="batch-1 latency (ms, log scale)", ylabel=label)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=c, marker="o" if k == "member" else "s", linestyle="",
-                      label=k) for k, c in _COLOURS.items()]
+    handles = [Line2D([], [], color=plots._kind_colour(k), marker="o" if k == "member" else "s",
+                      linestyle="", label=k) for k in ("member", "merged")]
     axes[1].legend(handles=handles, loc="upper right")
     fig.suptitle("Members and merged models: validation quality against inference cost")
     return fig
