@@ -110,6 +110,14 @@ class LoadParams(_Strict):
                     f"finetune_from={m.finetune_from!r}. Valid: "
                     f"{[n for n, e in earlier.items() if e.recipe == m.recipe]}"
                 )
+            if base is not None and (m.image_size != base.image_size or m.weights):
+                # same weight shapes at any image size: the zoo's own check cannot see it
+                raise ValueError(
+                    f"member '{m.name}' starts from '{base.name}'s trained weights, so it takes "
+                    f"its image_size ({base.image_size}) and no 'weights' file of its own; "
+                    f"received image_size={m.image_size}, weights={m.weights!r}. Remove them "
+                    "from the fine-tune."
+                )
             earlier[m.name] = m
         return self
 

@@ -117,6 +117,12 @@ def test_bad_zoo_calls(call, match, pre):
     ([{"name": "a", "recipe": "mlp"}, {"name": "b", "recipe": "cnn", "finetune_from": "a"}],
      r"with the same recipe \('cnn'\)"),
     ([{"name": "a", "recipe": "mlp", "image_size": 64}], r"apply to backbone recipes"),
+    ([{"name": "a", "recipe": "mobilenet_v3_small", "image_size": 32},
+      {"name": "b", "recipe": "mobilenet_v3_small", "image_size": 64, "finetune_from": "a"}],
+     r"member 'b' starts from 'a's trained weights, so it takes its image_size \(32\)"),
+    ([{"name": "a", "recipe": "vgg16"},
+      {"name": "b", "recipe": "vgg16", "finetune_from": "a", "weights": "/w/vgg.weights.h5"}],
+     r"no 'weights' file of its own; received image_size=None, weights='/w/vgg.weights.h5'"),
     ([{"name": "a", "recipe": "vgg16", "weights": "vgg.weights.h5"}],
      r"'weights' must be an absolute path to a \.weights\.h5 file"),
 ])
