@@ -18,8 +18,8 @@ import keras
 import numpy as np
 
 from kernelib.errors import MergeError
+from kernelib.evaluate import EPS
 
-EPS = 1e-7
 BOUNDS = (0.05, 20.0)  # temperatures searched (a wider range only ever fits noise)
 
 

@@ -31,8 +31,15 @@ LOWER_IS_BETTER = ("nll", "brier", "ece", "mce")
 # --------------------------------------------------------------------------- checks
 
 def predict_proba(model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities of `model` on `x` (float64, rows sum to 1)."""
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+    """`model(x)` in inference mode, batch by batch, as float64 class probabilities.
+
+    Eager calls instead of `model.predict`: the merge and evaluate stages call many models
+    once each on small arrays, where `predict` would trace a new graph function per model.
+    """
+    x = np.asarray(x, dtype="float32")
+    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False),
+                                      dtype="float64")
+                           for i in range(0, len(x), batch_size)])
 
 
 def check_proba(p: np.ndarray, *, name: str, n_rows: int | None = None) -> np.ndarray:

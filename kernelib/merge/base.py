@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from kernelib.errors import IncompatibleMembersError, MergeError
+from kernelib.evaluate import EPS, correct_rows, nll_rows  # noqa: F401  EPS: merge's clip too
+from kernelib.evaluate import predict_proba as predict
 from kernelib.members import as_models, check_compatible
 
-EPS = 1e-7  # probabilities are clipped here before a log, as in kernelib.evaluate
 _PROBABILITIES = ("softmax", "probabilities")
 
 
@@ -133,28 +134,14 @@ def member_probabilities(models: Sequence[Any], x: np.ndarray, *,
     return np.stack([predict(m, x) for m in models])
 
 
-def predict(model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """`model(x)` in inference mode, batch by batch, as float64.
-
-    Eager calls instead of `model.predict`: merging calls many freshly built models once
-    each on small arrays, where `predict` would trace a new graph function per model.
-    """
-    x = np.asarray(x, dtype="float32")
-    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False),
-                                      dtype="float64")
-                           for i in range(0, len(x), batch_size)])
-
-
 def nll(p: np.ndarray, y: np.ndarray) -> float:
     """Mean negative log-likelihood of labels `y` under probability rows `p` (clipped at 1e-7)."""
-    pc = np.clip(np.asarray(p, dtype="float64"), EPS, 1.0)
-    pc = pc / pc.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(pc[np.arange(len(y)), y])))
+    return float(nll_rows(y, p).mean())
 
 
 def accuracy(p: np.ndarray, y: np.ndarray) -> float:
     """Share of rows whose most probable class is the label."""
-    return float(np.mean(np.asarray(p).argmax(axis=1) == np.asarray(y)))
+    return float(correct_rows(y, p).mean())
 
 
 def check_choice(value: Any, valid: Sequence[Any], option: str, strategy: str) -> None:
