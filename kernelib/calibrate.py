@@ -47,12 +47,16 @@ class TemperatureScaling(keras.layers.Layer):
         return {**super().get_config(), "temperature": self.temperature}
 
 
-def scaled_nll(p: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    """Validation NLL of `softmax(log(p) / temperature)` (what the layer computes)."""
+def log_scaled(p: np.ndarray, temperature: float) -> np.ndarray:
+    """`log(softmax(log(p) / temperature))` row by row (what the layer computes, in logs)."""
     z = np.log(np.clip(np.asarray(p, dtype="float64"), EPS, 1.0)) / temperature
     z = z - z.max(axis=1, keepdims=True)
-    log_softmax = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-np.mean(log_softmax[np.arange(len(y)), y]))
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def scaled_nll(p: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    """Validation NLL of `softmax(log(p) / temperature)` (what the layer computes)."""
+    return float(-np.mean(log_scaled(p, temperature)[np.arange(len(y)), y]))
 
 
 def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:

@@ -124,30 +124,30 @@ def _fitter(strategy: str, options: dict[str, Any], *, seed: int, x=None):
     from kernelib.merge import stacking as st
     from kernelib.merge.weighted import fit_simplex_weights
 
+    defaults = {k: v.default for k, v in inspect.signature(_TABLE[strategy]).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    options = {**defaults, **options}  # the strategy's own defaults, never a second copy
     if strategy == "weighted":
         def fit(p, y, rows):
             w = fit_simplex_weights(p, y)
             return lambda q, _rows: np.tensordot(w, q, axes=1)
     elif strategy == "select":
         def fit(p, y, rows):
-            counts, _ = sel.greedy_selection(p, y, size=int(options.get("size", 25)),
-                                             metric=options.get("metric", "nll"))
+            counts, _ = sel.greedy_selection(p, y, size=int(options["size"]),
+                                             metric=options["metric"])
             w = counts / counts.sum()
             return lambda q, _rows: np.tensordot(w, q, axes=1)
     else:  # stacking
         def fit(p, y, rows):
-            mean = var = None
-            raw = x.reshape(len(x), -1).astype("float64") if options.get("passthrough") else None
-            if raw is not None:
-                mean, var = raw[rows].mean(axis=0), raw[rows].var(axis=0)
-                var = np.where(var < 1e-12, 1.0, var)
+            passthrough = options["passthrough"]
+            mean, var = st.standardiser(x[rows]) if passthrough else (None, None)
 
             def feats(q, r):
-                return st.meta_features(q, None if raw is None else x[r], mean=mean,
+                return st.meta_features(q, x[r] if passthrough else None, mean=mean,
                                         variance=var)
 
             clf, _ = st.fit_meta_learner(feats(p, rows), y, k=p.shape[-1],
-                                         folds=int(options.get("folds", 5)), seed=seed)
+                                         folds=int(options["folds"]), seed=seed)
             return lambda q, r: clf.predict_proba(feats(q, r))
     return fit
 
@@ -187,9 +187,7 @@ def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple
             if s in calibrate:
                 t = _calibrate.fit_temperature(combine(probs[:, fit_rows], fit_rows),
                                                y_val[fit_rows])
-                z = np.log(np.clip(pred, _calibrate.EPS, 1.0)) / t
-                pred = np.exp(z - z.max(axis=1, keepdims=True))
-                pred /= pred.sum(axis=1, keepdims=True)
+                pred = np.exp(_calibrate.log_scaled(pred, t))
             oof[held_out] = pred
         out[s] = oof
     return out

@@ -69,6 +69,14 @@ def fit_meta_learner(features: np.ndarray, y: np.ndarray, *, k: int, folds: int 
         return LogisticRegression(C=best, max_iter=2000).fit(features, y), scores
 
 
+def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-input mean and variance of the flattened raw rows `x` (passthrough features);
+    a constant input gets variance 1, so it stays constant instead of dividing by zero."""
+    raw = x.reshape(len(x), -1).astype("float64")
+    variance = raw.var(axis=0)
+    return raw.mean(axis=0), np.where(variance < 1e-12, 1.0, variance)
+
+
 def merge_stacking(members: Sequence[Any], *, val: tuple | None = None, seed: int = 0,
                    passthrough: bool = False, folds: int = 5,
                    val_probs: np.ndarray | None = None, name: str = "stacking"):
@@ -82,11 +90,7 @@ def merge_stacking(members: Sequence[Any], *, val: tuple | None = None, seed: in
     k = n_classes(models)
     x_val, y_val = check_val(models, val, "stacking")
     probs = member_probabilities(models, x_val, given=val_probs)
-    mean = variance = None
-    if passthrough:
-        raw = x_val.reshape(len(x_val), -1).astype("float64")
-        mean, variance = raw.mean(axis=0), raw.var(axis=0)
-        variance = np.where(variance < 1e-12, 1.0, variance)  # constant pixels stay constant
+    mean, variance = standardiser(x_val) if passthrough else (None, None)
     features = meta_features(probs, x_val if passthrough else None, mean=mean, variance=variance)
     clf, _ = fit_meta_learner(features, y_val, k=k, folds=int(folds), seed=seed)
 

@@ -36,9 +36,6 @@ class MajorityVote(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
 
-    def get_config(self):
-        return super().get_config()
-
 
 def merge_vote(members: Sequence[Any], *, name: str = "vote"):
     """Hard majority vote of the members, as one-hot probability rows."""
