@@ -50,6 +50,12 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_json_if_exists(path: str | Path) -> Any:
+    """The JSON at `path`, or None where there is no such file (a partial run folder)."""
+    path = Path(path)
+    return read_json(path) if path.is_file() else None
+
+
 def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -24,9 +24,6 @@ def versions() -> dict[str, str]:
     return io.package_versions(PACKAGES)
 
 
-def _read(path: Path) -> Any:
-    return io.read_json(path) if path.is_file() else None
-
 
 def metric_rows(summary: Mapping[str, Any] | None,
                 selected_row: Mapping[str, Any] | None = None,
@@ -57,13 +54,13 @@ def build(run, manifest, *, variants: Sequence[Any] = (), intended_use: str | No
     `compression` holds extra tables by title, as DataFrames or lists of records (the
     sparsity sweep, the quantization comparison). None of them is required.
     """
-    data = _read(run.data_card) or {}
-    summary = _read(run.metrics / "summary.json") or {}
+    data = io.read_json_if_exists(run.data_card) or {}
+    summary = io.read_json_if_exists(run.metrics / "summary.json") or {}
     selected = summary.get("selected")
-    comparison = _read(run.metrics / "comparison.json") or []
-    intervals = _read(run.metrics / "intervals.json") or []
-    run_manifest = _read(run.manifest) or {}
-    labels = _read(manifest.out_dir / runtimes.LABELS_FILE) or {}
+    comparison = io.read_json_if_exists(run.metrics / "comparison.json") or []
+    intervals = io.read_json_if_exists(run.metrics / "intervals.json") or []
+    run_manifest = io.read_json_if_exists(run.manifest) or {}
+    labels = io.read_json_if_exists(manifest.out_dir / runtimes.LABELS_FILE) or {}
     classes = labels.get("class_names") or data.get("class_names") or []
     return {
         "model": {"name": manifest.name, "version": manifest.version, "selected": selected,
@@ -72,8 +69,8 @@ def build(run, manifest, *, variants: Sequence[Any] = (), intended_use: str | No
                   "class_names": classes, "export_changes": manifest.changes},
         "intended_use": intended_use or _default_use(data, classes),
         "data": data or None,
-        "members": _read(run.members_spec),
-        "merged_models": _read(run.merged / "models.json"),
+        "members": io.read_json_if_exists(run.members_spec),
+        "merged_models": io.read_json_if_exists(run.merged / "models.json"),
         "metrics": {
             "split": "test",
             "ci_level": summary.get("ci_level"),

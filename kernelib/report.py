@@ -18,6 +18,7 @@ from typing import Any
 from kernelib import evaluate, io
 from kernelib.errors import PipelineError
 from kernelib.params import STAGES
+from kernelib.rundir import RunDir
 
 # The lab template without the three <script> blocks that fetch code from a CDN.
 _TEMPLATE = """{%- extends 'index.html.j2' -%}
@@ -138,16 +139,12 @@ def _page(title: str, body: str) -> str:
             f"<style>{_STYLE}</style></head><body>{body}</body></html>")
 
 
-def _read(path: Path) -> Any:
-    return io.read_json(path) if path.exists() else None
-
 
 def _points(v: float) -> str:
     return f"{100 * v:+.2f}"
 
 
-def _headline(manifest: dict[str, Any], metrics: Path) -> str:
-    s = _read(metrics / "summary.json")
+def _headline(manifest: dict[str, Any], s: dict[str, Any] | None) -> str:
     if s is None:
         failed = [st for st in manifest.get("stages", []) if st.get("status") == "failed"]
         why = (f"stage {_esc(failed[0]['label'])} failed: {_esc(failed[0].get('error'))}"
@@ -221,12 +218,12 @@ def _ci(row: dict[str, Any], metric: str) -> str:
     return f'<td class="num">{lo:.4f} – {hi:.4f}</td>'
 
 
-def _model_table(metrics: Path) -> str:
-    comparison = _read(metrics / "comparison.json")
+def _model_table(rd: RunDir) -> str:
+    comparison = io.read_json_if_exists(rd.metrics / "comparison.json")
     if not comparison:
         return ""
-    intervals = {r["model"]: r for r in _read(metrics / "intervals.json") or []}
-    cost = {r["model"]: r for r in _read(metrics.parent / "timings" / "cost.json") or []}
+    intervals = {r["model"]: r for r in io.read_json_if_exists(rd.metrics / "intervals.json") or []}
+    cost = {r["model"]: r for r in io.read_json_if_exists(rd.timings / "cost.json") or []}
     top = next((c for c in comparison[0] if c.startswith("test_top")), None)
     cols = ["model", "kind", "test accuracy", "95% CI", "test NLL (nats)", "95% CI ",
             *([top.replace("_", " ")] if top else []), "Brier", "ECE", "MCE", "macro-F1"]
@@ -259,12 +256,13 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
     import yaml
 
     run_root, report_dir = Path(run_root), Path(report_dir)
-    manifest_path = run_root / "manifest.json"
-    if not manifest_path.exists():
+    rd = RunDir(run_root)
+    if not rd.manifest.exists():
         raise PipelineError(f"no manifest.json in '{run_root}'; expected a run folder written by "
                             "`kernelib run CONFIG`.")
-    manifest = io.read_json(manifest_path)
-    run_id, metrics = manifest["run_id"], run_root / "metrics"
+    manifest = io.read_json(rd.manifest)
+    run_id, metrics = manifest["run_id"], rd.metrics
+    summary = io.read_json_if_exists(metrics / "summary.json")
     rel = Path(os.path.relpath(run_root, report_dir)).as_posix()
     status = manifest.get("status", "?")
     duration = manifest.get("duration_s")
@@ -273,14 +271,14 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
         f'<p class="sub">status <span class="{"ok" if status == "succeeded" else "failed"}">'
         f"{_esc(status)}</span> · started {_esc(manifest.get('started'))}"
         + (f" · {duration:.0f} s" if isinstance(duration, int | float) else "") + "</p>",
-        _headline(manifest, metrics),
+        _headline(manifest, summary),
         '<nav><a href="#stages">stages</a><a href="#models">models</a>'
         '<a href="#artifacts">artifacts</a><a href="#config">configuration</a>'
         '<a href="../index.html">all runs</a></nav>',
         f'<h2 id="stages">Stages</h2>{_stage_table(manifest, run_root, report_dir, rel)}',
-        f'<div id="models">{_model_table(metrics)}</div>',
+        f'<div id="models">{_model_table(rd)}</div>',
     ]
-    gains = _read(metrics / "gains.json")
+    gains = io.read_json_if_exists(metrics / "gains.json")
     if gains:
         parts.append("<h2>Difference to the best member (paired bootstrap, test split)</h2>" + _table(
             gains, ["model", "kind", "versus", "test_accuracy_diff", "test_accuracy_diff_lo",
@@ -288,15 +286,14 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
                     "test_nll_diff_hi", "verdict"],
             ["model", "kind", "versus", "accuracy diff", "low", "high", "NLL diff (nats)", "low",
              "high", "accuracy verdict"]))
-    per_class = _read(metrics / "per_class.json")
-    summary = _read(metrics / "summary.json")
+    per_class = io.read_json_if_exists(metrics / "per_class.json")
     if per_class and summary:
         rows = [r for r in per_class if r["model"] == summary["selected"]]
         parts.append(f"<details><summary>Per-class results of {_esc(summary['selected'])} "
                      f"(test split)</summary>" + _table(
                          rows, ["class", "support", "predicted", "precision", "recall", "f1",
                                 "note"]) + "</details>")
-    exports = _read(run_root / "export" / "exports.json")
+    exports = io.read_json_if_exists(rd.export / "exports.json")
     if exports:
         cols = [c for c in ["format", "path", "bytes", "max_abs_diff", "tolerance", "accuracy"]
                 if c in exports[0]]
@@ -331,7 +328,7 @@ def write_runs_index(reports_root: str | Path) -> Path:
     reports_root = Path(reports_root)
     runs = []
     for page in reports_root.glob("*/index.html"):
-        record = _read(page.parent / "run.json") or {}
+        record = io.read_json_if_exists(page.parent / "run.json") or {}
         started = record.get("started") or dt.datetime.fromtimestamp(
             page.stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
         runs.append({**record, "run_id": page.parent.name, "started": started})
