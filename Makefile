@@ -28,9 +28,9 @@ test: $(STAMP) browser
 # [dev] (never `playwright install`, which downloads a browser).
 .PHONY: browser
 browser:
-	@test -x /usr/bin/chromium || { echo "installing chromium + chromium-driver (apt-get)"; \
+	@test -x /usr/bin/chromium || { echo "installing chromium (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
@@ -38,8 +38,9 @@ lab: $(STAMP)
 report: $(STAMP)
 	$(BIN)/kernelib report
 
+# Runner timings. bench/demo_design.py (a ~5 minute study of the demo's member pool) runs alone.
 bench: $(STAMP)
-	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python bench/runner.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check kernelib tests

@@ -42,9 +42,9 @@ def main() -> int:
         print(f"warm re-run: {warm:.1f} s", flush=True)
         serial, parallel = [], []
         for r in range(args.repeats):  # alternate so drift hits both sides alike
-            serial.append(timed(config, "--run-id", f"j1-{r}", "--only", "train", "--force",
+            serial.append(timed(config, "--run-id", f"j1-{r}", "--only", "train",
                                 "--jobs", "1", cwd=cwd))
-            parallel.append(timed(config, "--run-id", f"jN-{r}", "--only", "train", "--force",
+            parallel.append(timed(config, "--run-id", f"jN-{r}", "--only", "train",
                                   "--jobs", str(args.jobs), cwd=cwd))
     s, p = statistics.median(serial), statistics.median(parallel)
     print(f"config: {config}")

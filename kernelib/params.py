@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kernelib import zoo
 from kernelib.errors import ConfigError
 
 STAGES = ("load", "preprocess", "train", "merge", "evaluate", "export")
@@ -19,8 +20,8 @@ MERGE_STRATEGIES = ("average", "vote", "weighted", "select", "stacking", "concat
                     "distill")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8",
                   "onnx")
-BACKBONES = ("mobilenet_v3_small", "efficientnet_b0", "vgg16")
-RECIPES = ("mlp", "cnn", "resnet", *BACKBONES)
+BACKBONES = tuple(zoo.BACKBONES)  # the zoo is the one list (it imports no TensorFlow)
+RECIPES = (*zoo.RECIPES, *BACKBONES)
 
 
 class _Strict(BaseModel):
