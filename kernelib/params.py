@@ -160,10 +160,19 @@ class MergeParams(_Strict):
     weights: list[float] | None = Field(
         None, description="fixed member weights for 'average' (load.members order); None = uniform"
     )
+    weighted_shrinkage: float | Literal["auto"] = Field(
+        "auto", description="'weighted': share in [0, 1] the fitted weights move toward uniform "
+                            "(0 = plain fit); 'auto' picks it by out-of-fold val NLL")
+    weighted_folds: int = Field(5, ge=2, le=50, description="'weighted': folds over val that "
+                                "pick the shrinkage when it is 'auto'")
     select_size: int = Field(25, ge=1, le=10_000,
                              description="'select': picks with replacement (Caruana)")
     select_metric: Literal["nll", "accuracy"] = Field(
         "nll", description="'select': val metric each greedy pick optimises")
+    select_init_size: int = Field(0, ge=0, le=1000, description="'select': start from this "
+                                  "many best single members (sorted initialisation; 0 = none)")
+    select_bags: int = Field(0, ge=0, le=1000, description="'select': repeat the selection on "
+                             "this many bootstrap bags of val rows and average (0 = no bagging)")
     stacking_passthrough: bool = Field(
         False, description="'stacking': the meta-learner also sees the raw input")
     stacking_folds: int = Field(5, ge=2, le=50, description="'stacking': k of the k-fold over val "
@@ -198,6 +207,12 @@ class MergeParams(_Strict):
         if extra:
             raise ValueError(f"merge.calibrate names {extra}, which merge.strategies does not "
                              f"build; add them to strategies or remove them from calibrate")
+        if isinstance(self.weighted_shrinkage, float) and not 0 <= self.weighted_shrinkage <= 1:
+            raise ValueError("merge.weighted_shrinkage must be 'auto' or a number in [0, 1]; "
+                             f"received {self.weighted_shrinkage}")
+        if self.select_init_size > self.select_size:
+            raise ValueError(f"merge.select_init_size ({self.select_init_size}) must be at most "
+                             f"select_size ({self.select_size})")
         return self
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from kernelib import calibrate as kc
 from kernelib import merge, zoo
+from kernelib.errors import MergeError
 from kernelib.merge import distill, select, stacking, weighted
 from kernelib.merge.vote import MajorityVote
 
@@ -107,11 +108,56 @@ def test_weighted_corner_solution():
 def test_weighted_no_worse_on_val_than_best_member_and_uniform(which, tiny_members,
                                                                random_members, splits):
     members = [m.model for m in tiny_members] if which == "trained" else random_members
-    model = merge.merge(members, "weighted", val=splits.val)
     p = probs_of(members, splits.x_val)
-    got = numpy_nll(model.predict(splits.x_val, verbose=0), splits.y_val)
+    uniform = numpy_nll(p.mean(axis=0), splits.y_val)
+    plain = merge.merge(members, "weighted", val=splits.val, shrinkage=0)
+    got = numpy_nll(plain.predict(splits.x_val, verbose=0), splits.y_val)
     assert got <= min(numpy_nll(q, splits.y_val) for q in p) + 1e-6
-    assert got <= numpy_nll(p.mean(axis=0), splits.y_val) + 1e-6
+    assert got <= uniform + 1e-6
+    # shrunk weights lie between the fit and uniform; the NLL is convex in the weights
+    shrunk = merge.merge(members, "weighted", val=splits.val, shrinkage="auto", seed=1)
+    assert numpy_nll(shrunk.predict(splits.x_val, verbose=0), splits.y_val) <= uniform + 1e-6
+
+
+def test_weighted_shrinkage_one_is_the_plain_mean(random_members, splits):
+    model = merge.merge(random_members, "weighted", val=splits.val, shrinkage=1.0)
+    p = probs_of(random_members, splits.x_val)
+    np.testing.assert_allclose(model.predict(splits.x_val, verbose=0), p.mean(axis=0), atol=1e-6)
+
+
+def overfit_pool(seed: int = 0, n: int = 120):
+    """Four members of equal skill whose errors are noise: fitted weights chase that noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    probs = rng.dirichlet(np.ones(4), size=(4, n))
+    probs[:, np.arange(n), y] += 0.6
+    return probs / probs.sum(axis=2, keepdims=True), y
+
+
+def test_pick_shrinkage_is_the_out_of_fold_argmin_of_a_numpy_loop():
+    from sklearn.model_selection import StratifiedKFold
+
+    probs, y = overfit_pool()
+    grid = weighted.SHRINKAGE_GRID
+    loss = np.zeros(len(grid))
+    for fit, held in StratifiedKFold(5, shuffle=True, random_state=7).split(y, y):
+        w = weighted.fit_simplex_weights(probs[:, fit], y[fit])  # checked against SciPy above
+        for j, s in enumerate(grid):
+            mix = ((1 - s) * w + s / 4) @ probs[:, held, :].transpose(1, 0, 2)
+            loss[j] += -np.sum(np.log(mix[np.arange(len(held)), y[held]]))
+    expected = grid[int(np.argmin(loss))]
+    got = weighted.pick_shrinkage(probs, y, folds=5, seed=7)
+    assert got == expected
+    assert got > 0, "members of equal skill: some shrinkage should beat the plain fit"
+    np.testing.assert_allclose(
+        weighted.fit_weights(probs, y, shrinkage="auto", seed=7),
+        (1 - got) * weighted.fit_simplex_weights(probs, y) + got / 4)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
+def test_weighted_refuses_a_bad_shrinkage(bad, random_members, splits):
+    with pytest.raises(MergeError, match="shrinkage"):
+        merge.merge(random_members, "weighted", val=splits.val, shrinkage=bad)
 
 
 # ---------------------------------------------------------------------------------- select
@@ -140,6 +186,49 @@ def test_select_accuracy_metric_breaks_ties_by_nll():
     counts, trace = select.greedy_selection(SELECT_TABLE, np.array([0, 1]), size=3,
                                             metric="accuracy")
     assert [t["member"] for t in trace] == [2, 2, 2] and counts.tolist() == [0, 0, 3]
+
+
+def test_select_sorted_initialisation_by_hand():
+    # alone: A 0.6070, B 0.5350, C 0.5978 -> init_size=2 starts with B, then C;
+    # step 3: (B+C+A)/3 0.4782, (B+C+B)/3 0.5269, (B+C+C)/3 0.5466 -> A
+    # step 4: (A+B+C+A)/4 0.4793, (A+B+C+B)/4 0.4665, (A+B+C+C)/4 0.5067 -> B
+    counts, trace = select.greedy_selection(SELECT_TABLE, np.array([0, 1]), size=4,
+                                            init_size=2)
+    assert [t["member"] for t in trace] == [1, 2, 0, 1]
+    np.testing.assert_allclose([t["score"] for t in trace], [0.5350, 0.5332,
+                               0.4782, 0.4665], atol=1e-4)
+    np.testing.assert_array_equal(counts, [1, 2, 1])
+
+
+def numpy_greedy(probs, y, size):
+    """Caruana's forward selection written out plainly: counts after `size` picks."""
+    counts = np.zeros(len(probs))
+    for _ in range(size):
+        scores = [numpy_nll(np.tensordot(counts + np.eye(len(probs))[i], probs, 1)
+                            / (counts.sum() + 1), y) for i in range(len(probs))]
+        counts[int(np.argmin(scores))] += 1
+    return counts
+
+
+def test_bagged_selection_averages_selections_on_bootstrap_rows():
+    probs, y = overfit_pool(seed=3, n=60)
+    rng = np.random.default_rng(5)
+    bags = [rng.integers(0, 60, 60) for _ in range(4)]
+    expected = np.mean([numpy_greedy(probs[:, b], y[b], 6) / 6 for b in bags], axis=0)
+    got = select.fit_select_weights(probs, y, size=6, bags=4, seed=5)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert got.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"size": 3, "init_size": 4}, "init_size"),
+    ({"init_size": -1}, "init_size"),
+    ({"bags": 1.5}, "bags"),
+    ({"size": 0}, "size"),
+])
+def test_select_refuses_bad_counts(options, match, random_members, splits):
+    with pytest.raises(MergeError, match=match):
+        merge.merge(random_members, "select", val=splits.val, **options)
 
 
 def test_select_model_is_the_count_weighted_mean(random_members, splits):

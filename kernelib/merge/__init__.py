@@ -120,22 +120,23 @@ def merge_many(members: Sequence[Any], strategies: Sequence[str], *, train: tupl
 def _fitter(strategy: str, options: dict[str, Any], *, seed: int, x=None):
     """For a strategy fitted on member probabilities only: `fit(probs, y, rows) -> combine`,
     where `combine(probs, rows)` maps held-out member probabilities to the strategy's output."""
-    from kernelib.merge import select as sel
     from kernelib.merge import stacking as st
-    from kernelib.merge.weighted import fit_simplex_weights
+    from kernelib.merge.select import fit_select_weights
+    from kernelib.merge.weighted import fit_weights
 
     defaults = {k: v.default for k, v in inspect.signature(_TABLE[strategy]).parameters.items()
                 if v.default is not inspect.Parameter.empty}
     options = {**defaults, **options}  # the strategy's own defaults, never a second copy
     if strategy == "weighted":
         def fit(p, y, rows):
-            w = fit_simplex_weights(p, y)
+            w = fit_weights(p, y, shrinkage=options["shrinkage"], folds=int(options["folds"]),
+                            seed=seed)
             return lambda q, _rows: np.tensordot(w, q, axes=1)
     elif strategy == "select":
         def fit(p, y, rows):
-            counts, _ = sel.greedy_selection(p, y, size=int(options["size"]),
-                                             metric=options["metric"])
-            w = counts / counts.sum()
+            w = fit_select_weights(p, y, size=int(options["size"]), metric=options["metric"],
+                                   init_size=int(options["init_size"]),
+                                   bags=int(options["bags"]), seed=seed)
             return lambda q, _rows: np.tensordot(w, q, axes=1)
     else:  # stacking
         def fit(p, y, rows):
@@ -197,7 +198,9 @@ def options_from_params(p) -> dict[str, dict[str, Any]]:
     """Each strategy's options from the merge stage's parameters (`params.MergeParams`)."""
     return {
         "average": {"weights": p.weights},
-        "select": {"size": p.select_size, "metric": p.select_metric},
+        "weighted": {"shrinkage": p.weighted_shrinkage, "folds": p.weighted_folds},
+        "select": {"size": p.select_size, "metric": p.select_metric,
+                   "init_size": p.select_init_size, "bags": p.select_bags},
         "stacking": {"passthrough": p.stacking_passthrough, "folds": p.stacking_folds},
         "concat": {"epochs": p.concat_epochs, "learning_rate": p.concat_learning_rate,
                    "fine_tune_layers": p.concat_fine_tune_layers,

@@ -5,6 +5,12 @@ gives the best validation score of the averaged ensemble. Ties go to the member 
 first; with `metric="accuracy"` ties in accuracy are first broken by NLL. The merged model
 is the weighted mean with weights `counts / size` (as AutoGluon's `EnsembleSelection`),
 built from Keras layers only; members never picked are left out.
+
+Two remedies against overfitting the validation rows (Caruana et al. 2004 and 2006):
+`init_size=N` starts the ensemble from the N best single members (sorted initialisation)
+before the greedy picks; `bags=B` repeats the selection on B bootstrap resamples of the
+validation rows (seeded) and averages the B weight vectors (bagged ensemble selection; the
+papers bag the model library, this bags the rows, which needs no extra parameter).
 """
 
 from __future__ import annotations
@@ -33,34 +39,66 @@ def _score(p: np.ndarray, y: np.ndarray, metric: str) -> tuple[float, ...]:
     return (nll(p, y),) if metric == "nll" else (1.0 - accuracy(p, y), nll(p, y))
 
 
-def greedy_selection(probs: np.ndarray, y: np.ndarray, *, size: int,
-                     metric: str = "nll") -> tuple[np.ndarray, list[dict[str, Any]]]:
+def greedy_selection(probs: np.ndarray, y: np.ndarray, *, size: int, metric: str = "nll",
+                     init_size: int = 0) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Pick counts per member and the trace (step, member index, score of the ensemble so far).
 
-    `probs` is (members, rows, classes) on the validation rows, `y` their labels.
+    `probs` is (members, rows, classes) on the validation rows, `y` their labels. The first
+    `init_size` of the `size` picks are the best single members by `metric`, best first.
     """
     total = np.zeros(probs.shape[1:])
     counts = np.zeros(len(probs), dtype="int64")
+    alone = [_score(p, y, metric) for p in probs]
+    initial = sorted(range(len(probs)), key=lambda i: alone[i])[:init_size]
     trace = []
     for step in range(1, size + 1):
         scores = [_score((total + p) / step, y, metric) for p in probs]
-        best = min(range(len(probs)), key=lambda i: scores[i])  # first index on ties
+        if step <= len(initial):
+            best = initial[step - 1]
+        else:
+            best = min(range(len(probs)), key=lambda i: scores[i])  # first index on ties
         counts[best] += 1
         total += probs[best]
         trace.append({"step": step, "member": best, "score": scores[best][0]})
     return counts, trace
 
 
+def fit_select_weights(probs: np.ndarray, y: np.ndarray, *, size: int, metric: str = "nll",
+                       init_size: int = 0, bags: int = 0, seed: int = 0) -> np.ndarray:
+    """The strategy's weights: pick counts / size, averaged over `bags` bootstrap row bags."""
+    def weights(rows):
+        counts, _ = greedy_selection(probs[:, rows], y[rows], size=size, metric=metric,
+                                     init_size=init_size)
+        return counts / counts.sum()
+
+    n = probs.shape[1]
+    if bags == 0:
+        return weights(np.arange(n))
+    rng = np.random.default_rng(seed)
+    return np.mean([weights(rng.integers(0, n, n)) for _ in range(bags)], axis=0)
+
+
+def _check_counts(size, init_size, bags, n_members: int) -> None:
+    for key, value, low in (("size", size, 1), ("init_size", init_size, 0), ("bags", bags, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise MergeError(f"strategy 'select': '{key}' must be an integer >= {low}; "
+                             f"received {key}={value!r}")
+    if init_size > min(size, n_members):
+        raise MergeError(f"strategy 'select': 'init_size' starts from that many distinct best "
+                         f"members, so it must be at most size ({size}) and the number of "
+                         f"members ({n_members}); received init_size={init_size}")
+
+
 def merge_select(members: Sequence[Any], *, val: tuple | None = None, size: int = 25,
-                 metric: str = "nll", val_probs: np.ndarray | None = None,
-                 name: str = "select"):
-    """Weighted mean of the members picked by greedy forward selection on `val`."""
+                 metric: str = "nll", init_size: int = 0, bags: int = 0, seed: int = 0,
+                 val_probs: np.ndarray | None = None, name: str = "select"):
+    """Weighted mean of the members picked by greedy forward selection on `val`
+    (optionally from the `init_size` best members, and bagged over `bags` row resamples)."""
     models = prepare(members, "select")
     check_choice(metric, METRICS, "metric", "select")
-    if not isinstance(size, int | np.integer) or size < 1:
-        raise MergeError(f"strategy 'select': 'size' must be a positive integer (the number of "
-                         f"greedy picks); received size={size!r}")
+    _check_counts(size, init_size, bags, len(models))
     x_val, y_val = check_val(models, val, "select")
     probs = member_probabilities(models, x_val, given=val_probs)
-    counts, _ = greedy_selection(probs, y_val, size=int(size), metric=metric)
-    return weighted_model(models, (counts / counts.sum()).tolist(), name)
+    w = fit_select_weights(probs, y_val, size=int(size), metric=metric,
+                           init_size=int(init_size), bags=int(bags), seed=seed)
+    return weighted_model(models, w.tolist(), name)
