@@ -235,13 +235,14 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 1000, s
 
 
 def interval_tables(y: np.ndarray, preds: Mapping[str, np.ndarray], kinds: Mapping[str, str],
-                    *, best_member: str, n_resamples: int = 1000, seed: int = 0,
+                    *, reference: str, n_resamples: int = 1000, seed: int = 0,
                     level: float = CI_LEVEL, split: str = "test"):
-    """Bootstrap intervals of accuracy and NLL per model, and paired differences to `best_member`.
+    """Bootstrap intervals of accuracy and NLL per model, and paired differences to `reference`.
 
     Returns `(intervals, gains)`: `intervals` one row per model; `gains` one row per model
-    other than `best_member`, the paired difference "model minus best member" on the same
-    resampled rows (accuracy: positive is better; NLL: negative is better).
+    other than `reference` (the member validation picks, in the evaluate stage), the paired
+    difference "model minus reference" on the same resampled rows (accuracy: positive is
+    better; NLL: negative is better).
     """
     import pandas as pd
 
@@ -259,11 +260,11 @@ def interval_tables(y: np.ndarray, preds: Mapping[str, np.ndarray], kinds: Mappi
             row |= {f"{split}_{metric}": float(point[j]), f"{split}_{metric}_lo": lo,
                     f"{split}_{metric}_hi": hi}
         rows.append(row)
-    b = names.index(best_member)
+    b = names.index(reference)
     for j, name in enumerate(names):
         if j == b:
             continue
-        row = {"model": name, "kind": kinds.get(name, "?"), "versus": best_member}
+        row = {"model": name, "kind": kinds.get(name, "?"), "versus": reference}
         for metric, (point, samples) in boots.items():
             lo, hi = _interval(samples[:, j] - samples[:, b], level)
             row |= {f"{split}_{metric}_diff": float(point[j] - point[b]),
@@ -371,26 +372,42 @@ def select(table, *, by: str = "val_nll") -> str:
     return str(col.idxmin() if by.endswith(LOWER_IS_BETTER) else col.idxmax())
 
 
-def best_member(table, *, split: str = "test") -> str:
-    """The member with the highest accuracy on `split` (the strongest single model to beat)."""
+def _members(table):
     members = table[table["kind"] == "member"]
     if members.empty:
         raise DataError(f"no member in the table; models: {list(table.index)}")
-    return str(members[f"{split}_accuracy"].idxmax())
+    return members
 
 
-def gain_summary(table, selected: str, *, split: str = "test") -> dict[str, Any]:
-    """How the selected model compares with the best member on one split."""
-    best = best_member(table, split=split)
+def best_member(table, *, split: str = "test") -> str:
+    """The member with the highest accuracy on `split`: on test, an optimistic reference (no
+    user could have known it before seeing the test rows)."""
+    return str(_members(table)[f"{split}_accuracy"].idxmax())
+
+
+def picked_member(table, *, by: str = "val_nll") -> str:
+    """The member the validation metric `by` picks: what a user without kernelib would ship,
+    so the fair reference of every gain."""
+    return select(_members(table), by=by)
+
+
+def gain_summary(table, selected: str, *, by: str = "val_nll",
+                 split: str = "test") -> dict[str, Any]:
+    """How the selected model compares on one split with the member validation picks (the
+    reference of the gain) and with the member best on that split (shown, optimistic)."""
+    best, picked = best_member(table, split=split), picked_member(table, by=by)
     acc_sel = float(table.loc[selected, f"{split}_accuracy"])
-    acc_best = float(table.loc[best, f"{split}_accuracy"])
+    acc_ref = float(table.loc[picked, f"{split}_accuracy"])
     return {
         "selected": selected,
+        "picked_member": picked,
         "best_member": best,
         f"{split}_accuracy": acc_sel,
-        f"best_member_{split}_accuracy": acc_best,
-        "accuracy_gain": acc_sel - acc_best,
-        f"{split}_error_ratio": (1 - acc_sel) / (1 - acc_best) if acc_best < 1 else None,
+        f"picked_member_{split}_accuracy": acc_ref,
+        f"picked_member_{split}_nll": float(table.loc[picked, f"{split}_nll"]),
+        f"best_member_{split}_accuracy": float(table.loc[best, f"{split}_accuracy"]),
+        "accuracy_gain": acc_sel - acc_ref,
+        f"{split}_error_ratio": (1 - acc_sel) / (1 - acc_ref) if acc_ref < 1 else None,
     }
 
 
@@ -499,10 +516,10 @@ class Evaluation:
 
     @property
     def compared(self) -> list[str]:
-        """The best member and the merged model to compare it with (a reliability diagram's
-        lines): the selected model, or when a member was selected, the merged model that the
-        same validation metric ranks first."""
-        best, selected = self.summary["best_member"], self.summary["selected"]
+        """The member validation picks and the merged model to compare it with (a reliability
+        diagram's lines): the selected model, or when a member was selected, the merged model
+        that the same validation metric ranks first."""
+        best, selected = self.summary["picked_member"], self.summary["selected"]
         if self.summary.get("selected_kind") != "member":
             return [best, selected]
         merged = self.comparison[self.comparison["kind"] != "member"]
@@ -522,12 +539,15 @@ class Evaluation:
                               f"{s['selected_by']})",
             "test accuracy": f"{s['test_accuracy']:.4f} ({level} CI {s['test_accuracy_lo']:.4f}"
                              f" to {s['test_accuracy_hi']:.4f})",
-            "best member": f"{s['best_member']} ({s['best_member_test_accuracy']:.4f})",
+            "member validation picks": f"{s['picked_member']} "
+                                      f"({s['picked_member_test_accuracy']:.4f})",
             "accuracy gain over it": f"{100 * s['accuracy_gain']:+.2f} points (paired {level} CI "
                                      f"{100 * s['accuracy_gain_lo']:+.2f} to "
                                      f"{100 * s['accuracy_gain_hi']:+.2f}): {s['verdict']}",
             "NLL difference to it": f"{s['nll_diff']:+.4f} nats ({level} CI "
                                     f"{s['nll_diff_lo']:+.4f} to {s['nll_diff_hi']:+.4f})",
+            "best member on test (optimistic)": f"{s['best_member']} "
+                                                f"({s['best_member_test_accuracy']:.4f})",
         }
         if s.get("best_merged"):
             rows["best merged model"] = best_merged_sentence(s)
@@ -555,15 +575,17 @@ def run_evaluation(run, splits, *, select_by: str = "val_nll", top_k: int = 3,
     import pandas as pd
 
     from kernelib import io
+    from kernelib.benchmarks import benchmark_summary
 
     preds, kinds = read_predictions(run.require(run.predictions, "merge"))
+    dataset = (io.read_json_if_exists(run.data_card) or {}).get("name")
     labels = {"val": splits.y_val, "test": splits.y_test}
     table = comparison_table(preds, labels, kinds, top_k=top_k, n_bins=ece_bins,
                              class_names=splits.class_names)
     selected = select(table, by=select_by)
     test = preds["test"]
-    best = best_member(table)
-    intervals, gains = interval_tables(splits.y_test, test, kinds, best_member=best,
+    best, picked = best_member(table), picked_member(table, by=select_by)
+    intervals, gains = interval_tables(splits.y_test, test, kinds, reference=picked,
                                        n_resamples=bootstrap_resamples, seed=seed)
     intervals = intervals.loc[table.index]
     pc = pd.concat([per_class(splits.y_test, p, splits.class_names).assign(model=n)
@@ -579,7 +601,8 @@ def run_evaluation(run, splits, *, select_by: str = "val_nll", top_k: int = 3,
         diversity=diversity(splits.y_test, members),
         data=data_table(labels, splits.class_names),
         summary=_summary(table, intervals, gains, selected, best, select_by=select_by,
-                         kinds=kinds, resamples=bootstrap_resamples, seed=seed),
+                         kinds=kinds, resamples=bootstrap_resamples, seed=seed)
+        | benchmark_summary(dataset, float(table.loc[selected, "test_accuracy"])),
     )
     write_metrics(run.metrics, table, ev.summary)
     for name in ("intervals", "gains", "per_class", "reliability", "diversity", "data"):
@@ -591,15 +614,16 @@ def run_evaluation(run, splits, *, select_by: str = "val_nll", top_k: int = 3,
 
 def _summary(table, intervals, gains, selected: str, best: str, *, select_by: str,
              kinds: Mapping[str, str], resamples: int, seed: int) -> dict[str, Any]:
-    s = {**gain_summary(table, selected), "selected_by": select_by,
+    s = {**gain_summary(table, selected, by=select_by), "selected_by": select_by,
          "selected_kind": kinds[selected], "ci_level": CI_LEVEL,
          "bootstrap_resamples": resamples, "bootstrap_seed": seed,
          "test_accuracy_lo": float(intervals.loc[selected, "test_accuracy_lo"]),
          "test_accuracy_hi": float(intervals.loc[selected, "test_accuracy_hi"]),
          "test_nll": float(table.loc[selected, "test_nll"])}
-    if selected == best:
+    if selected == s["picked_member"]:
         s |= {"accuracy_gain_lo": 0.0, "accuracy_gain_hi": 0.0, "nll_diff": 0.0,
-              "nll_diff_lo": 0.0, "nll_diff_hi": 0.0, "verdict": "is the best member"}
+              "nll_diff_lo": 0.0, "nll_diff_hi": 0.0,
+              "verdict": "is the member validation picks"}
     else:
         g = gains.loc[selected]
         s |= {"accuracy_gain_lo": float(g["test_accuracy_diff_lo"]),

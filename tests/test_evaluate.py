@@ -211,8 +211,37 @@ def test_comparison_table_selection_and_gain():
     assert table.loc["a", "test_accuracy"] == 0.75 and table.loc["b", "test_accuracy"] == 1.0
     assert evaluate.select(table, by="val_nll") == "b"
     s = evaluate.gain_summary(table, "b")
-    assert s["best_member"] == "a" and s["accuracy_gain"] == pytest.approx(0.25)
+    assert s["best_member"] == s["picked_member"] == "a"
+    assert s["accuracy_gain"] == pytest.approx(0.25)
     assert s["test_error_ratio"] == 0.0
+
+
+def test_gain_is_measured_against_the_member_validation_picks():
+    # x is best on test, z on validation: a user without kernelib ships z, so the gain is vs z
+    table = pd.DataFrame({
+        "kind": ["member", "member", "merged"],
+        "val_nll": [0.30, 0.20, 0.25],
+        "test_accuracy": [0.90, 0.85, 0.88],
+        "test_nll": [0.31, 0.35, 0.29],
+    }, index=["x", "z", "m"])
+    s = evaluate.gain_summary(table, "m", by="val_nll")
+    assert (s["picked_member"], s["best_member"]) == ("z", "x")
+    assert s["accuracy_gain"] == pytest.approx(0.03)
+    assert s["picked_member_test_nll"] == 0.35 and s["best_member_test_accuracy"] == 0.90
+    assert s["test_error_ratio"] == pytest.approx(0.12 / 0.15)
+
+
+def test_benchmark_rows_for_fashion_mnist_only():
+    from kernelib.benchmarks import benchmark_summary, benchmark_table
+
+    assert benchmark_summary("digits", 0.99) == {}
+    b = benchmark_summary("fashion_mnist", 0.93)["benchmarks"]
+    assert "zalandoresearch/fashion-mnist" in b["source"]
+    above = {r["model"]: r["this_run_above"] for r in b["rows"]}
+    assert above["2 Conv+pooling"] and above["3 Conv+pooling+2 FC+dropout"]
+    assert not above["Google AutoML Vision, 24 compute hours"]
+    t = benchmark_table({"benchmarks": b, "selected": "weighted", "test_accuracy": 0.93})
+    assert list(t.index)[2:4] == ["3 Conv+pooling+2 FC+dropout", "this run: weighted (kernelib)"]
 
 
 def test_merged_versus_best_hand_worked():
@@ -287,10 +316,13 @@ def test_run_evaluation_writes_deterministic_tables(tmp_path):
     assert s["test_accuracy_lo"] <= s["test_accuracy"] <= s["test_accuracy_hi"]
     assert s["bootstrap_resamples"] == 300 and s["ci_level"] == 0.95
     assert list(ev.intervals.index) == list(ev.comparison.index)
-    assert set(ev.gains.index) == {"average", "member_a", "member_b"} - {s["best_member"]}
+    members = ev.comparison.query("kind == 'member'")
+    assert s["picked_member"] == members["val_nll"].idxmin()
+    assert set(ev.gains.index) == {"average", "member_a", "member_b"} - {s["picked_member"]}
+    assert set(ev.gains["versus"]) == {s["picked_member"]}
     g = ev.gains.iloc[0]
     assert g["test_accuracy_diff_lo"] <= g["test_accuracy_diff"] <= g["test_accuracy_diff_hi"]
-    assert ev.compared == [s["best_member"], "average"]
+    assert ev.compared == [s["picked_member"], "average"]
     head = ev.headline["value"]
     assert head["selected model"].startswith(f"{s['selected']} (")
     assert head["test accuracy"] == (f"{s['test_accuracy']:.4f} (95% CI "

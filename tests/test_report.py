@@ -106,8 +106,9 @@ def test_index_headline_stages_and_links(rendered):
     assert f"Selected model: {s['selected']}" in visible
     assert f"test accuracy {s['test_accuracy']:.4f} (95% CI {s['test_accuracy_lo']:.4f} – " \
            f"{s['test_accuracy_hi']:.4f})" in visible
-    if s["selected"] != s["best_member"]:
-        assert f"gain over the best member {s['best_member']}" in visible
+    if s["selected"] != s["picked_member"]:
+        assert f"gain over the member validation picks, {s['picked_member']}" in visible
+    assert f"best member on test (optimistic): {s['best_member']}" in visible
     assert f"best merged model: {s['best_merged']} (test accuracy " in visible
     losers = html.unescape(text.split('id="losers">')[1].split("</div>")[0])
     assert losers.lower() == evaluate.below_best_sentence(s).lower()
@@ -117,7 +118,7 @@ def test_index_headline_stages_and_links(rendered):
     assert "cached (from run an-earlier-run)" in visible and "ran or cached" in visible
     assert "05_evaluate.share.html" in page.links and "05_evaluate.html" in page.links
     assert broken_links(index) == []
-    assert "Members vs merged models" in visible and "Difference to the best member" in visible
+    assert "Members vs merged models" in visible and "Difference to the member validation picks" in visible
 
 
 def test_runs_index_lists_newest_first(tmp_path):
