@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) datasets
 	$(BIN)/kernelib run $(CONFIG)
 
-test: $(STAMP) browser
+test: $(STAMP) browser datasets
 	$(BIN)/python -m pytest
 
 # Headless Chromium for tests/test_browser.py: Debian's packages, driven by Playwright from
@@ -31,6 +31,16 @@ browser:
 	@test -x /usr/bin/chromium || { echo "installing chromium (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# Fashion-MNIST for the demo and tests: Debian's dataset-fashion-mnist (IDX files under
+# /usr/share/datasets/fashion-mnist/). Where apt cannot install it, kernelib falls back to
+# keras.datasets.fashion_mnist (a download), so a failed install only warns.
+.PHONY: datasets
+datasets:
+	@test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || { echo "installing dataset-fashion-mnist (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+	  || echo "warning: could not install dataset-fashion-mnist; fashion_mnist will be downloaded by keras.datasets instead"; }
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kernelib import zoo
+from kernelib import data, zoo
 from kernelib.errors import ConfigError
 
 STAGES = ("load", "preprocess", "train", "merge", "evaluate", "export")
@@ -81,7 +81,11 @@ class CommonParams(_Strict):
 class LoadParams(_Strict):
     """Stage 1: which data and which members."""
 
-    dataset: Literal["digits"] = Field("digits", description="built-in dataset name")
+    dataset: Literal[data.DATASETS] = Field("digits", description="built-in dataset name")
+    train_rows: int | None = Field(
+        None, ge=1, description="keep a seeded, stratified subset of this many training rows "
+                                "(before val is carved from them); given val/test splits stay "
+                                "whole. None = every training row")
     members: list[MemberSpec] = Field(
         default_factory=lambda: [
             MemberSpec(name="mlp_0", recipe="mlp", seed=0),
