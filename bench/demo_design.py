@@ -89,8 +89,7 @@ def train_pool(splits, *, epochs: int, fraction: float, out: Path) -> dict[str, 
     for name, recipe, seed, base in POOL:
         kw = {"preprocessor": pre, "n_classes": splits.n_classes, "name": name, "seed": seed}
         model = zoo.finetune(models[base], recipe, **kw) if base else zoo.build(recipe, **kw)
-        rows = np.random.default_rng(seed).permutation(len(splits.y_train))
-        rows = np.sort(rows[: round(fraction * len(rows))])
+        rows = data.bag_rows(len(splits.y_train), fraction, seed=seed)
         train.fit(model, (splits.x_train[rows], splits.y_train[rows]), splits.val, out_dir=out / name, epochs=epochs,
                   batch_size=64, learning_rate=1e-3, patience=8, seed=seed)
         models[name] = model

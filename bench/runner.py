@@ -1,5 +1,6 @@
-"""Runner timings for a config: cold run, warm (fully cached) re-run, and member training with
---jobs 1 vs --jobs N, measured side by side in one process. Prints a ratio table.
+"""Runner timings for a config: cold run (and where its time goes, stage by stage), warm (fully
+cached) re-run, and member training with --jobs 1 vs --jobs N, measured side by side in one
+process. Prints a ratio table.
 
     .venv/bin/python bench/runner.py [CONFIG] [--jobs N] [--repeats R]
 
@@ -9,6 +10,7 @@ Not a test: wall-clock numbers depend on the machine. Quote the medians.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,17 @@ def timed(*args: str, cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
+def stage_table(manifest: Path, total: float) -> None:
+    """Each step's duration in the cold run and its share of the command's wall time."""
+    stages = json.loads(manifest.read_text())["stages"]
+    print(f"{'step':<28}{'seconds':>10}{'share':>8}")
+    for s in stages:
+        d = s.get("duration_s") or 0.0
+        print(f"{s['label']:<28}{d:>10.1f}{d / total:>8.1%}")
+    rest = total - sum(s.get("duration_s") or 0.0 for s in stages)
+    print(f"{'runner (plan, cache, render)':<28}{rest:>10.1f}{rest / total:>8.1%}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", nargs="?", default=str(ROOT / "configs" / "default.yaml"))
@@ -38,6 +51,7 @@ def main() -> int:
         cwd = Path(tmp)
         cold = timed(config, "--run-id", "cold", cwd=cwd)
         print(f"cold run: {cold:.1f} s", flush=True)
+        stage_table(cwd / "runs" / "cold" / "manifest.json", cold)
         warm = timed(config, "--run-id", "warm", cwd=cwd)
         print(f"warm re-run: {warm:.1f} s", flush=True)
         serial, parallel = [], []

@@ -269,6 +269,15 @@ def split(ds: Dataset, *, val_fraction: float, test_fraction: float, seed: int) 
                           for p in PARTS})
 
 
+def bag_rows(n: int, share: float | None, *, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random `share` of `n` rows (without replacement; all rows
+    for None): the rows one bagged member trains on."""
+    if share is None:
+        return np.arange(n)
+    rows = np.random.default_rng(seed).permutation(n)
+    return np.sort(rows[: max(1, round(share * n))])
+
+
 def save_splits(s: Splits, path: str | Path) -> Path:
     return io.save_npz(
         path, x_train=s.x_train, y_train=s.y_train, x_val=s.x_val, y_val=s.y_val,

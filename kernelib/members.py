@@ -156,7 +156,7 @@ def register(specs: Sequence[Any], run, *, input_shape: tuple[int, ...], n_class
     for spec in specs:
         row = {"name": spec.name, "recipe": spec.recipe, "seed": spec.seed,
                "source": "file" if spec.path else "recipe", "given_path": spec.path,
-               **spec.model_dump(include={"finetune_from", "image_size", "weights"})}
+               **spec.model_dump(include={"finetune_from", "image_size", "weights", "bag"})}
         if spec.path:
             member = load_member(spec.path, name=spec.name)
             check_compatible([member], input_shape=input_shape, n_classes=n_classes, probe=probe)

@@ -43,6 +43,10 @@ class MemberSpec(_Strict):
     weights: str | None = Field(
         None, description="backbone recipes: absolute path of a local .weights.h5 file for the "
                           "backbone (None = random initialisation)")
+    bag: float | None = Field(
+        None, gt=0.0, le=1.0, description="recipe members: train on a seeded random share of "
+                                          "the training rows (a bag, drawn with the member's "
+                                          "seed, without replacement; None = every row)")
 
     @model_validator(mode="after")
     def _one_source(self) -> MemberSpec:
@@ -62,6 +66,9 @@ class MemberSpec(_Strict):
                 f"member '{self.name}': 'weights' must be an absolute path to a .weights.h5 "
                 f"file; received {self.weights!r}"
             )
+        if self.bag is not None and self.recipe is None:
+            raise ValueError(f"member '{self.name}': 'bag' chooses the rows a recipe member "
+                             f"trains on; received path={self.path!r}. Remove 'bag'.")
         if self.finetune_from is not None and self.path is not None:
             raise ValueError(
                 f"member '{self.name}': 'finetune_from' needs a 'recipe' (the base member's); "

@@ -151,17 +151,21 @@ def train_members(run, names, splits, *, epochs: int, batch_size: int, learning_
     """Build, fit and save each named recipe member of a run, in order; their histories.
 
     Members are trained in the given order, so a fine-tune comes after the member it starts
-    from (the order of `load.members`).
+    from (the order of `load.members`). A member with a `bag` share trains on that seeded
+    subset of the training rows (validation stays whole).
     """
     from kernelib import members as km
+    from kernelib.data import bag_rows
 
     histories = {}
     for name in names:
         model = km.build_member(run, name, n_classes=splits.n_classes)
-        histories[name] = fit(model, splits.train, splits.val, out_dir=run.member_dir(name),
-                              epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                              patience=patience, seed=km.spec(run, name)["seed"],
-                              jit_compile=jit_compile)
+        s = km.spec(run, name)
+        rows = bag_rows(len(splits.y_train), s.get("bag"), seed=s["seed"])
+        histories[name] = fit(model, (splits.x_train[rows], splits.y_train[rows]), splits.val,
+                              out_dir=run.member_dir(name), epochs=epochs,
+                              batch_size=batch_size, learning_rate=learning_rate,
+                              patience=patience, seed=s["seed"], jit_compile=jit_compile)
         km.save_model(model, run.member_model(name))
     return histories
 

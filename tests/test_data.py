@@ -182,3 +182,12 @@ def test_given_splits_are_kept_and_only_missing_ones_carved():
     train_rows = {r.tobytes() for r in x[:105]}
     assert all(r.tobytes() in train_rows for r in s.x_val)
     assert s.origin == {"train": "given", "val": "carved", "test": "given"}
+
+
+def test_bag_rows_is_a_seeded_subset_without_replacement():
+    a, b = data.bag_rows(1000, 0.3, seed=1), data.bag_rows(1000, 0.3, seed=2)
+    assert len(a) == 300 and len(np.unique(a)) == 300 and np.all(np.diff(a) > 0)
+    assert a.min() >= 0 and a.max() < 1000
+    np.testing.assert_array_equal(a, data.bag_rows(1000, 0.3, seed=1))
+    assert len(np.intersect1d(a, b)) < 150  # two seeds: two different bags (~90 shared)
+    np.testing.assert_array_equal(data.bag_rows(7, None, seed=0), np.arange(7))

@@ -79,6 +79,11 @@ def _with(path: str, value) -> dict:
      r"member names must be unique"),
     (_with("load.members", [{"name": "a"}]), r"exactly one of 'recipe' or 'path'"),
     (_with("merge.weights", [1.0]), r"one weight per member \(2\); received 1"),
+    (_with("load.members", [{"name": "a", "path": "a.keras", "bag": 0.5}]),
+     r"member 'a': 'bag' chooses the rows a recipe member trains on"),
+    (_with("load.members", [{"name": "a", "recipe": "mlp", "bag": 1.5}]), r"bag: .*less than"),
+    (_with("merge.weighted_shrinkage", 2.0), r"weighted_shrinkage"),
+    (_with("merge.select_init_size", 30), r"select_init_size \(30\) must be at most"),
 ])
 def test_bad_configs_name_the_key(cfg, match):
     with pytest.raises(ConfigError, match=match):
