@@ -188,17 +188,30 @@ def step_key(step: Step, *, notebook: str, sources: str, upstream: dict[str, str
                     "versions": env, "given_files": given, "upstream": upstream})
 
 
+def step_upstream(step: Step, steps: list[Step],
+                  outputs: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The earlier results a step's key hashes: every output of the steps of earlier stages,
+    and the trained files of the steps it starts from (a fine-tune's base member)."""
+    rank = params.STAGES.index(step.stage)
+    upstream: dict[str, str] = {}
+    for s in steps:
+        if params.STAGES.index(s.stage) < rank or s.label in step.needs:
+            upstream |= outputs.get(s.label, {})
+    return upstream
+
+
 def plan_keys(config: params.Config, run_root: Path, *, nb_dir: Path,
               package_dir: Path | None = None,
               outputs: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
-    """Cache keys of every step, given the outputs each step produced (for inspection/tests)."""
+    """Cache keys of every step, given the outputs each step produced: the keys the runner
+    computes (both use `step_upstream` and `step_key`)."""
     outputs = outputs or {}
-    sources, env, upstream, keys = sources_hash(package_dir), versions(), {}, {}
-    for step in plan(config, run_root):
-        keys[step.label] = step_key(step, notebook=notebook_hash(nb_dir / step.notebook),
-                                    sources=sources, upstream=dict(upstream), env=env)
-        upstream |= outputs.get(step.label, {})
-    return keys
+    sources, env = sources_hash(package_dir), versions()
+    steps = plan(config, run_root)
+    return {step.label: step_key(step, notebook=notebook_hash(nb_dir / step.notebook),
+                                 sources=sources, upstream=step_upstream(step, steps, outputs),
+                                 env=env)
+            for step in steps}
 
 
 def _snapshot(root: Path, scope: str = "") -> dict[str, tuple[int, int]]:
@@ -255,25 +268,42 @@ def git_state(path: Path | None = None) -> dict[str, Any]:
 
 
 class RunLock:
-    """An exclusive lock on a run folder: a second run with the same run id is refused."""
+    """An exclusive lock on a run folder: a second run with the same run id is refused.
+
+    `fcntl.flock` on `.lock`: the kernel holds the lock, so there is no window between taking
+    it and writing the PID, and a process killed with -9 releases it. The file is removed on
+    release; a holder checks that the file it locked is still the one at the path (another
+    process may have removed it in between) and otherwise tries again.
+    """
 
     def __init__(self, root: Path):
         self.path = root / LOCK
+        self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        for _ in range(2):
+        import fcntl
+
+        for _ in range(20):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
                 pid = self._holder()
-                if pid and _alive(pid):
-                    raise PipelineError(
-                        f"run folder '{self.path.parent}' is in use by process {pid}; wait for "
-                        "that run to finish or choose another --run-id.") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                raise PipelineError(
+                    f"run folder '{self.path.parent}' is in use by process "
+                    f"{pid or '(starting)'}; wait for that run to finish or choose another "
+                    "--run-id.") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:  # removed by the holder that released it just now
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
             return self
         raise PipelineError(f"could not lock run folder '{self.path.parent}'")
 
@@ -284,17 +314,10 @@ class RunLock:
             return None
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        self.path.unlink(missing_ok=True)  # while still holding it: nobody locks a removed file
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
@@ -413,34 +436,43 @@ class _Runner:
         after them are skipped.
         """
         sources, env = sources_hash(), versions()
-        upstream: dict[str, str] = {}
         records = self.manifest["stages"]
         last = max(k for k, s in enumerate(steps) if s.label in forced) if only_mode else None
+        done: dict[str, dict[str, str]] = {}  # label -> outputs of the steps decided so far
         i = 0
         while i < len(steps):
             j = i + 1
             while steps[i].stage == "train" and j < len(steps) and steps[j].stage == "train":
                 j += 1
-            to_execute = []
+            pending = []
             for k in range(i, j):
-                step, rec = steps[k], records[k]
                 if last is not None and k > last:
-                    rec.update(status="skipped", outputs={})
-                    continue
-                rec["key"] = step_key(step, notebook=notebook_hash(self.nb_dir / step.notebook),
-                                      sources=sources, upstream=dict(upstream), env=env)
-                if step.label not in forced and self._reuse(step, rec):
-                    self._say(k, steps, f"cached (from run {rec['cached_from']})")
-                elif only_mode and step.label not in forced:
-                    raise PipelineError(
-                        f"--only: step '{step.label}' has no cached result to reuse (no earlier "
-                        "run with the same inputs); run the chain without --only first.")
+                    records[k].update(status="skipped", outputs={})
                 else:
-                    self._say(k, steps, "running")
-                    to_execute.append(k)
-            self._execute(steps, to_execute, jobs)
-            for k in range(i, j):
-                upstream |= records[k].get("outputs", {})
+                    pending.append(k)
+            while pending:  # in waves: a fine-tune's key needs its base member's trained file
+                wave = [k for k in pending if not any(
+                    steps[d].label in steps[k].needs for d in pending)]
+                pending = [k for k in pending if k not in wave]
+                to_execute = []
+                for k in wave:
+                    step, rec = steps[k], records[k]
+                    rec["key"] = step_key(step, notebook=notebook_hash(self.nb_dir / step.notebook),
+                                          sources=sources, env=env,
+                                          upstream=step_upstream(step, steps, done))
+                    if step.label not in forced and self._reuse(step, rec):
+                        self._say(k, steps, f"cached (from run {rec['cached_from']})")
+                    elif only_mode and step.label not in forced:
+                        raise PipelineError(
+                            f"--only: step '{step.label}' has no cached result to reuse (no "
+                            "earlier run with the same inputs); run the chain without --only "
+                            "first.")
+                    else:
+                        self._say(k, steps, "running")
+                        to_execute.append(k)
+                self._execute(steps, to_execute, jobs)
+                for k in wave:
+                    done[steps[k].label] = records[k].get("outputs", {})
             i = j
 
     def _say(self, k: int, steps: list[Step], what: str) -> None:
