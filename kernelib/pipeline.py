@@ -15,15 +15,16 @@ dependencies (the gap Ploomber's cache has); re-running all is the safe answer.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -32,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from kernelib import io, params, report
+from kernelib import io, params, paths, report
 from kernelib.errors import ConfigError, PipelineError, StageFailedError
 from kernelib.rundir import DEVICE_FILE, RunDir, kernel_env
 
@@ -320,6 +321,74 @@ class RunLock:
             self._fd = None
 
 
+def preflight(runs_dir: str | Path, reports_dir: str | Path, run_id: str) -> tuple[Path, Path]:
+    """Check every folder the run writes into before any stage runs (or anything is written):
+    each is a folder or can become one, and is writable; an existing run folder's manifest is
+    readable. Returns the run folder and its report folder."""
+    runs_dir = paths.output_folder(runs_dir, what="--runs-dir")
+    reports_dir = paths.output_folder(reports_dir, what="--reports-dir")
+    run_root = paths.output_folder(paths.inside(runs_dir, run_id, what="--run-id"),
+                                   what="run folder")
+    report_dir = paths.output_folder(paths.inside(reports_dir, run_id, what="--run-id"),
+                                     what="report folder")
+    read_manifest(run_root, missing_ok=True)
+    return run_root, report_dir
+
+
+def read_manifest(run_root: Path, *, missing_ok: bool = False) -> dict[str, Any]:
+    """A run folder's manifest.json; PipelineError when it is missing (unless `missing_ok`,
+    then {}) or is not a manifest (a crash while writing it cannot cause that: it is written
+    atomically, but a hand edit or a damaged disk can)."""
+    path = run_root / "manifest.json"
+    if not path.is_file():
+        if missing_ok:
+            return {}
+        raise PipelineError(f"'{run_root}' has no manifest.json: expected a run folder written by "
+                            "`kernelib run CONFIG`. Check the path, or run a config first.")
+    try:
+        manifest = io.read_json(path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), list):
+            raise ValueError("not a mapping with a 'stages' list")
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"'{path}' is not a readable run manifest ({err}); expected the JSON "
+                            "file `kernelib run` writes. Restore it, or delete it to run this "
+                            "run id from scratch (finished stages are then taken from the cache "
+                            "of other runs).") from None
+    return manifest
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM (a scheduler, `kill`, a container stop)."""
+
+    def __init__(self, name: str, signum: int = signal.SIGINT):
+        super().__init__(name)
+        self.signum = int(signum)
+
+
+@contextlib.contextmanager
+def interrupts():
+    """One handler for SIGINT and SIGTERM while a run holds its folder: the first signal raises
+    `Interrupted` (so the manifest records `interrupted`, the lock is released and the index
+    updated); further ones are noted and ignored until the run has written its records.
+    Yields the list of signal numbers received."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            raise Interrupted(signal.Signals(signum).name, signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
         reports_dir: str | Path = "reports", run_id: str | None = None,
         kernel_name: str = "python3", nb_dir: str | Path | None = None,
@@ -340,32 +409,31 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
     config = resolve_member_paths(params.load_config(config_path), config_path.parent.resolve())
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1; received {jobs}")
-    check_member_files(config)
-    nb_dir = Path(nb_dir) if nb_dir else notebooks_dir()
-    run_id = run_id or new_run_id(config)
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", run_id):
-        raise ConfigError(f"run id must use letters, digits, '.', '_' or '-'; received {run_id!r}")
-    runs_dir = Path(runs_dir).resolve()
-    run_root = runs_dir / run_id
-    report_dir = Path(reports_dir).resolve() / run_id
-    steps = plan(config, run_root)
+    run_id = paths.safe_name(run_id or new_run_id(config), what="--run-id (the run folder name)")
+    steps = plan(config, Path(runs_dir).resolve() / run_id)
     # --from/--only name what runs regardless of the cache; --force alone means every step
     forced = select_steps(steps, from_stage=from_stage, only=only) or (
         {s.label for s in steps} if force else set())
     only_mode = bool(only)
+    run_root, report_dir = preflight(runs_dir, reports_dir, run_id)
+    check_member_files(config)
+    nb_dir = Path(nb_dir) if nb_dir else notebooks_dir()
     os.environ.update(kernel_env())  # kernels inherit it
     rd = RunDir(run_root)
     rd.notebooks.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_root):
+    with RunLock(run_root), interrupts() as received:
         manifest = _start_manifest(rd, config, run_id, steps)
-        runner = _Runner(rd, report_dir, nb_dir, runs_dir, kernel_name, progress, manifest)
+        runner = _Runner(rd, report_dir, nb_dir, run_root.parent, kernel_name, progress,
+                         manifest)
         t_run = time.perf_counter()
         try:
             runner.run_all(steps, forced=forced, only_mode=only_mode, jobs=jobs)
             manifest["status"] = "succeeded"
         except KeyboardInterrupt:
             manifest["status"] = "interrupted"
-            raise
+            signum = received[0] if received else signal.SIGINT
+            manifest["interrupted_by"] = signal.Signals(signum).name
+            raise Interrupted(signal.Signals(signum).name, signum) from None
         except StageFailedError:
             manifest["status"] = "failed"
             raise
@@ -396,8 +464,9 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
 def _start_manifest(rd: RunDir, config: params.Config, run_id: str,
                     steps: list[Step]) -> dict[str, Any]:
     """A fresh manifest, keeping earlier records of this run id (resume) where steps match."""
-    old = io.read_json(rd.manifest) if rd.manifest.exists() else {}
+    old = read_manifest(rd.root, missing_ok=True)
     old_records = {s["label"]: s for s in old.get("stages", [])}
+    cleaned = io.clean_leftovers(rd.root, recursive=True)  # a crashed attempt's temporary files
     io.write_text(rd.root / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"),
                                                           sort_keys=False))
     manifest = {
@@ -407,6 +476,11 @@ def _start_manifest(rd: RunDir, config: params.Config, run_id: str,
         "versions": versions(), "git": git_state(), "command": " ".join(sys.argv),
         "resumed": bool(old), "stages": [],
     }
+    if cleaned:
+        manifest["cleaned"] = cleaned
+    if old.get("status") == "running":  # its lock was free, so its process is gone
+        manifest["previous_attempt"] = ("ended without a record (killed or crashed while "
+                                        f"running, started {old.get('started')})")
     for s in steps:
         rec = {"stage": s.stage, "label": s.label, "notebook": f"notebooks/{s.output}",
                "status": "pending"}
@@ -634,8 +708,8 @@ def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDi
         first = str(err.evalue).splitlines()[0] if err.evalue else ""
         record.update(status="failed", error_type=err.ename, error_message=first,
                       error=f"cell {err.exec_count or err.cell_index}: {err.ename}: {first}")
-    except KeyboardInterrupt:
-        record.update(status="interrupted", error="interrupted (Ctrl-C)")
+    except KeyboardInterrupt as err:
+        record.update(status="interrupted", error=f"interrupted ({err or 'SIGINT'})")
     except Exception as err:  # noqa: BLE001  e.g. the kernel died (out of memory, killed)
         record.update(status="failed", error_type=type(err).__name__,
                       error=f"{type(err).__name__}: {err}")
@@ -676,20 +750,40 @@ def _worker(job_path: str) -> int:
 
 
 def latest_run(runs_dir: str | Path = "runs") -> Path:
-    """The most recently started run folder."""
-    runs = [p.parent for p in Path(runs_dir).glob("*/manifest.json")]
-    if not runs:
+    """The most recently started run folder (folders whose manifest cannot be read are passed
+    over)."""
+    runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise PipelineError(f"--runs-dir '{runs_dir}' is a file; expected the folder of runs.")
+    started = {}
+    for m in runs_dir.glob("*/manifest.json"):
+        try:
+            started[m.parent] = str(read_manifest(m.parent).get("started", ""))
+        except PipelineError:
+            continue
+    if not started:
         raise PipelineError(f"no runs found in '{runs_dir}'; run `kernelib run CONFIG` first.")
-    return max(runs, key=lambda p: io.read_json(p / "manifest.json")["started"])
+    return max(started, key=started.get)
 
 
 def rerender(run_root: str | Path, reports_dir: str | Path = "reports") -> Path:
-    """Render every executed notebook of a run again, and its index; return the index path."""
+    """Render every executed notebook of a run again, and its index; return the index path.
+
+    A folder without a manifest (`runs/lab`, filled by running the notebooks by hand in
+    JupyterLab) gets an index of what it holds.
+    """
     run_root = Path(run_root)
-    manifest = io.read_json(run_root / "manifest.json")
-    report_dir = Path(reports_dir) / manifest["run_id"]
-    for st in manifest["stages"]:
-        nb = run_root / st["notebook"]
+    if not run_root.is_dir():
+        raise PipelineError(f"run folder '{run_root}' not found: expected a folder under the runs "
+                            "folder (see `ls runs/`), or no argument for the latest run.")
+    manifest = read_manifest(run_root, missing_ok=True)
+    run_id = paths.safe_name(manifest.get("run_id", run_root.name), what="run id",
+                             error=PipelineError)
+    report_dir = paths.output_folder(paths.inside(reports_dir, run_id, what="run id",
+                                                  error=PipelineError), what="report folder")
+    notebooks = ([run_root / st["notebook"] for st in manifest["stages"]] if manifest
+                 else sorted((run_root / "notebooks").glob("*.ipynb")))
+    for nb in notebooks:
         if nb.exists():
             report.render_notebook(nb, report_dir / Path(nb).with_suffix(".html").name)
     index = report.write_index(run_root, report_dir)

@@ -257,10 +257,10 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
 
     run_root, report_dir = Path(run_root), Path(report_dir)
     rd = RunDir(run_root)
-    if not rd.manifest.exists():
-        raise PipelineError(f"no manifest.json in '{run_root}'; expected a run folder written by "
-                            "`kernelib run CONFIG`.")
-    manifest = io.read_json(rd.manifest)
+    if not run_root.is_dir():
+        raise PipelineError(f"run folder '{run_root}' not found; expected a folder written by "
+                            "`kernelib run CONFIG` or by the notebooks.")
+    manifest = io.read_json(rd.manifest) if rd.manifest.exists() else folder_manifest(rd)
     run_id, metrics = manifest["run_id"], rd.metrics
     summary = io.read_json_if_exists(metrics / "summary.json")
     rel = Path(os.path.relpath(run_root, report_dir)).as_posix()
@@ -312,6 +312,24 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
     _write(report_dir / "run.json", json.dumps(_run_record(manifest, summary), indent=2,
                                                 sort_keys=True) + "\n")
     return index
+
+
+# what each stage writes first: present means the stage ran in a folder without a manifest
+_STAGE_MARKS = {"load": "data/raw.npz", "preprocess": "data/splits.npz",
+                "train": "members/*/model.keras", "merge": "merged/predictions.npz",
+                "evaluate": "metrics/summary.json", "export": "export/labels.json"}
+
+
+def folder_manifest(rd: RunDir) -> dict[str, Any]:
+    """A stand-in manifest for a folder filled by running the notebooks by hand (`runs/lab`):
+    which stages left their artifacts, and every file it holds."""
+    files = sorted(str(p.relative_to(rd.root)) for p in rd.root.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(rd.root).parts))
+    stages = [{"stage": st, "label": st, "notebook": f"notebooks/{st}.ipynb",
+               "status": "artifacts found" if list(rd.root.glob(mark)) else "no artifacts"}
+              for st, mark in _STAGE_MARKS.items()]
+    return {"run_id": rd.root.name, "status": "no manifest (notebooks run by hand)",
+            "stages": stages, "artifacts": files}
 
 
 def _run_record(manifest: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:
