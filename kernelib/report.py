@@ -35,7 +35,13 @@ _EXPORTERS: dict[bool, Any] = {}
 
 
 def _exporter(*, share: bool):
-    """One nbconvert HTMLExporter per variant and process (its start-up is the slow part)."""
+    """One nbconvert HTMLExporter per variant and process (its start-up is the slow part).
+
+    The one HTML-safety rule of rendered notebooks: with `sanitize_html`, every Markdown cell
+    and every HTML or Markdown output passes `clean_html`, so text a user put into an output
+    (a model card's intended use, a class name) shows as text or harmless markup and never
+    runs script; JavaScript outputs are dropped. The index pages escape everything (`_esc`).
+    """
     if share not in _EXPORTERS:
         from jinja2 import DictLoader
         from nbconvert import HTMLExporter
@@ -47,11 +53,34 @@ def _exporter(*, share: bool):
             config.TemplateExporter.exclude_input_prompt = True
             config.TemplateExporter.exclude_output_prompt = True
         _EXPORTERS[share] = HTMLExporter(
-            config=config, template_name="lab", embed_images=True,
+            config=config, template_name="lab", embed_images=True, sanitize_html=True,
+            filters={"clean_html": clean_html},
             extra_loaders=[DictLoader({"kernelib.html.j2": _TEMPLATE})],
             template_file="kernelib.html.j2",
         )
     return _EXPORTERS[share]
+
+
+_SAFE_TAGS = ["a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "details",
+              "div", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img",
+              "kbd", "li", "ol", "p", "pre", "s", "small", "span", "strong", "style", "sub",
+              "summary", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul"]
+_SAFE_ATTRIBUTES = {"*": ["class", "id", "title", "style", "align"], "a": ["href"],
+                    "img": ["src", "alt", "width", "height"], "table": ["border"],
+                    "td": ["colspan", "rowspan"], "th": ["colspan", "rowspan"]}
+
+
+def clean_html(fragment: str | bytes) -> str:
+    """HTML from a notebook's Markdown or outputs with script removed: tags outside a list that
+    tables, headings, code and images need show as text, `on*` attributes and `javascript:`
+    links are dropped (bleach, with its CSS sanitiser for `style`)."""
+    import bleach
+    from bleach.css_sanitizer import CSSSanitizer
+
+    text = fragment.decode() if isinstance(fragment, bytes) else str(fragment)
+    return bleach.clean(text, tags=_SAFE_TAGS, attributes=_SAFE_ATTRIBUTES,
+                        protocols=["http", "https", "mailto", "data"],
+                        css_sanitizer=CSSSanitizer())
 
 
 def share_path(html_path: str | Path) -> Path:
