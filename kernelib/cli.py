@@ -96,9 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KernelibError as err:
         print(f"kernelib: {type(err).__name__}: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
-    except KeyboardInterrupt:
-        print("kernelib: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM during a run (pipeline.interrupts)
+        print(f"kernelib: interrupted {err or ''}".rstrip(), file=sys.stderr)
+        return 128 + getattr(err, "signum", 2)
 
 
 if __name__ == "__main__":

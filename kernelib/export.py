@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from kernelib import io, runtimes
+from kernelib import io, paths, runtimes
 from kernelib.errors import ExportError
 
 FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8",
@@ -65,6 +65,7 @@ _FILE_SUFFIX = {"keras": ".keras", "tflite": ".tflite", "tflite_fp16": "_fp16.tf
 _AUGMENTATION = ("AugMix", "CutMix", "MixUp", "RandAugment", "Solarization")
 _LOW_PRECISION = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
 _BATCH = 256
+EXPORTS_FILE = "exports.json"  # one record per exported file: what export() verified and wrote
 
 
 def check_formats(formats: Sequence[str]) -> list[str]:
@@ -78,12 +79,20 @@ def check_formats(formats: Sequence[str]) -> list[str]:
 
 
 def artifact_path(out_dir: str | Path, fmt: str, *, name: str, version: int) -> Path:
-    """Where a format goes: `<name>/<version>/` (TF Serving) or `<name><suffix>` next to it."""
+    """Where a format goes: `<name>/<version>/` (TF Serving) or `<name><suffix>` next to it.
+
+    `name` must be one plain name and `version` a whole number >= 1, so the path stays
+    inside `out_dir` (`paths.safe_name`, `paths.inside`).
+    """
     check_formats([fmt])
-    out_dir = Path(out_dir)
+    paths.safe_name(name, what="export name", error=ExportError)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"export version must be a whole number >= 1 (TF Serving's version "
+                          f"folder); received {version!r}")
     if fmt == "saved_model":
-        return out_dir / name / str(version)
-    return out_dir / f"{name}{_FILE_SUFFIX[fmt]}"
+        return paths.inside(out_dir, name, str(version), what="export name", error=ExportError)
+    return paths.inside(out_dir, f"{name}{_FILE_SUFFIX[fmt]}", what="export name",
+                        error=ExportError)
 
 
 # ---------------------------------------------------------------------------- the model
@@ -437,32 +446,38 @@ class ExportManifest:
 
 
 def export(model, out_dir: str | Path, formats: Sequence[str] = ("keras", "saved_model"), *,
-           name: str, version: int = 1, test: tuple[np.ndarray, np.ndarray | None],
+           name: str, version: int = 1, test: tuple[np.ndarray, np.ndarray | None] | None = None,
            calibration_data: np.ndarray | None = None, class_names: Sequence[str] | None = None,
            overwrite: bool = False, repeats: int = 20) -> ExportManifest:
     """Write `model` in each format under `out_dir` and verify each with its own runtime.
 
     `test` is `(x, y)` of the test split (raw inputs; `y` may be None except for
-    `tflite_int8`). `calibration_data` are raw train rows for `tflite_int8`. `class_names`
-    and the input range of `x` go to `labels.json` for `kernelib predict`. An existing
-    artifact is replaced only with `overwrite=True`; other SavedModel versions are never
-    touched. `repeats` is how often each timing is repeated (median reported).
+    `tflite_int8`). Without `test` the files are written but not verified: each record then
+    says `"verified": false` and why, and `tflite_int8` (judged by its accuracy drop) is
+    refused. `calibration_data` are raw train rows for `tflite_int8`. `class_names` and the
+    input range of `x` go to `labels.json` for `kernelib predict`. An existing artifact is
+    replaced only with `overwrite=True`; other SavedModel versions are never touched.
+    `repeats` is how often each timing is repeated (median reported).
+
+    `out_dir/exports.json` lists every file exported there with its sha256. Before a file is
+    replaced its record (and a model card describing it) is removed, and the new record is
+    added once the new file is in place, so after a crash at any point every listed file has
+    the recorded sha256.
     """
     formats = check_formats(formats)
-    if "tflite_int8" in formats:
-        _calibration_rows(calibration_data)
-    exported, changes = inference_model(model)
-    input_shape = _one_input_output(model)
-    x, y = test
-    x = np.asarray(x, dtype="float32")
-    if tuple(x.shape[1:]) != input_shape:
-        raise ExportError(f"the model takes inputs of shape {input_shape}; the test rows have "
-                          f"shape {tuple(x.shape[1:])}. Pass the test split of its data.")
     out_dir = Path(out_dir)
     targets = {f: artifact_path(out_dir, f, name=name, version=version) for f in formats}
+    if "tflite_int8" in formats:
+        _calibration_rows(calibration_data)
+        if test is None:
+            raise ExportError("tflite_int8 is judged by its accuracy drop on test rows; pass "
+                              "test=(x, y), or leave tflite_int8 out of the formats.")
+    input_shape = _one_input_output(model)
+    x, y = _test_rows(test, input_shape)
+    exported, changes = inference_model(model)
     _check_targets(out_dir, targets, name=name, version=version, overwrite=overwrite)
-    reference = reference_predictions(exported, x)
-    if exported is not model:  # say how far the exported model is from the one given
+    reference = reference_predictions(exported, x) if x is not None else None
+    if exported is not model and x is not None:  # how far the exported model is from the given
         f = figures(reference, reference_predictions(model, x))
         changes.append(f"exported model vs the given one: max |difference| "
                        f"{f['max_abs_diff']:.2g}, top-1 agreement {f['top1_agreement']:.2%}")
@@ -478,10 +493,13 @@ def export(model, out_dir: str | Path, formats: Sequence[str] = ("keras", "saved
                 with io.atomic_path(path) as tmp:
                     _write_file(exported, fmt, tmp, saved_model=source,
                                 calibration_data=calibration_data)
-                    entry = verify(tmp, fmt, x=x, reference=reference, y=y, repeats=repeats)
+                    entry = (verify(tmp, fmt, x=x, reference=reference, y=y, repeats=repeats)
+                             if x is not None else _unverified(fmt))
                     entry |= {"name": name, "version": version,
                               "path": str(path.relative_to(out_dir)),
                               "bytes": io.size_bytes(tmp), "sha256": io.sha256(tmp)}
+                    _record(out_dir, entry, drop=True)  # the old file's record goes first
+                _record(out_dir, entry)
                 if fmt == "saved_model":
                     source = path
                 entries[fmt] = entry
@@ -489,8 +507,58 @@ def export(model, out_dir: str | Path, formats: Sequence[str] = ("keras", "saved
         if entries:
             _write_labels(out_dir, {f: targets[f] for f in entries}, name=name,
                           version=version, class_names=class_names, input_shape=input_shape,
-                          input_range=(float(x.min()), float(x.max())))
+                          input_range=(float(x.min()), float(x.max())) if x is not None
+                          else None)
     return ExportManifest(name, version, out_dir, [entries[f] for f in formats], changes)
+
+
+def _test_rows(test, input_shape: tuple[int, ...]) -> tuple[np.ndarray | None, Any]:
+    """`(x, y)` checked against the model's input, or `(None, None)` without test rows."""
+    if test is None:
+        return None, None
+    try:
+        x, y = test
+    except (TypeError, ValueError):
+        raise ExportError(f"test must be a pair (x, y) of test rows and labels (y may be None); "
+                          f"received {type(test).__name__}") from None
+    x = np.asarray(x, dtype="float32")
+    if x.ndim < 1 or len(x) == 0:
+        raise ExportError(f"the test split is empty (x of shape {x.shape}); verification needs "
+                          "test rows: pass the test split of the model's data, or test=None "
+                          "to export without verification.")
+    if tuple(x.shape[1:]) != input_shape:
+        raise ExportError(f"the model takes inputs of shape {input_shape}; the test rows have "
+                          f"shape {tuple(x.shape[1:])}. Pass the test split of its data.")
+    if not np.isfinite(x).all():
+        raise ExportError("the test rows hold NaN or infinite values; verification needs finite "
+                          "raw inputs. Fix or drop those rows.")
+    return x, y
+
+
+def _unverified(fmt: str) -> dict[str, Any]:
+    return {"format": fmt, "runtime": runtimes.RUNTIMES[runtimes.runtime_kind(fmt)],
+            "verified": False,
+            "note": "not verified: export() was called without test rows (pass test=(x, y))"}
+
+
+def _record(out_dir: Path, entry: dict[str, Any], *, drop: bool = False) -> None:
+    """Add `entry` to `exports.json` (replacing the record of the same path); with `drop`,
+    remove that path's record and the model card first, as the file is about to change."""
+    from kernelib import modelcard
+
+    path = out_dir / EXPORTS_FILE
+    try:
+        records = io.read_json(path) if path.is_file() else []
+    except ValueError:
+        records = []  # unreadable: rebuilt from what lands from now on
+    records = [r for r in records if r.get("path") != entry["path"]
+               and (out_dir / r.get("path", "")).exists()]
+    if drop:
+        for card in (modelcard.CARD_MD, modelcard.CARD_JSON):
+            (out_dir / card).unlink(missing_ok=True)
+    else:
+        records.append(entry)
+    io.write_json(path, records)
 
 
 def _read_labels(out_dir: Path) -> dict[str, Any]:
@@ -528,7 +596,7 @@ def _check_targets(out_dir: Path, targets: dict[str, Path], *, name: str, versio
 
 def _write_labels(out_dir: Path, targets: dict[str, Path], *, name: str, version: int,
                   class_names: Sequence[str] | None, input_shape: tuple[int, ...],
-                  input_range: tuple[float, float]) -> Path:
+                  input_range: tuple[float, float] | None) -> Path:
     """`labels.json`: class names and input range for `kernelib predict`, and file versions."""
     old = _read_labels(out_dir)
     files = {rel: v for rel, v in old.get("files", {}).items() if (out_dir / rel).exists()}
@@ -537,7 +605,7 @@ def _write_labels(out_dir: Path, targets: dict[str, Path], *, name: str, version
     return io.write_json(out_dir / runtimes.LABELS_FILE, {
         "class_names": list(class_names) if class_names is not None else old.get("class_names"),
         "input_shape": list(input_shape),
-        "input_range": list(input_range),
+        "input_range": list(input_range) if input_range else old.get("input_range"),
         "image_rule": "grayscale (1 channel) or RGB (3), resized to the input height x width "
                       "(area average), pixels 0..255 mapped linearly onto input_range",
         "files": files,

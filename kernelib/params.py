@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kernelib import data, zoo
 from kernelib.errors import ConfigError
@@ -26,6 +26,15 @@ RECIPES = (*zoo.RECIPES, *BACKBONES)
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        """`epochs: true` is a mistake, not 1 epoch: refuse booleans where a number goes."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation in (int, float, int | None, float | None):
+            raise ValueError(f"expected a number, received the boolean {value}")
+        return value
 
 
 class MemberSpec(_Strict):
@@ -374,9 +383,13 @@ def load_config(path: str | Path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: expected a YAML file, received '{path}'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:  # an empty file is a mistake (a wrong path, a truncated copy), not the demo
+        raise ConfigError(f"config file '{path}' is empty; expected a YAML mapping of sections "
+                          f"{list(Config.model_fields)}. Start from configs/smoke.yaml, or write "
+                          "'{}' to run every default on purpose.")
     return validate_config(data, source=str(path))
 
 

@@ -15,15 +15,16 @@ dependencies (the gap Ploomber's cache has); re-running all is the safe answer.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -32,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from kernelib import io, params, report
+from kernelib import io, params, paths, report
 from kernelib.errors import ConfigError, PipelineError, StageFailedError
 from kernelib.rundir import DEVICE_FILE, RunDir, kernel_env
 
@@ -188,17 +189,30 @@ def step_key(step: Step, *, notebook: str, sources: str, upstream: dict[str, str
                     "versions": env, "given_files": given, "upstream": upstream})
 
 
+def step_upstream(step: Step, steps: list[Step],
+                  outputs: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The earlier results a step's key hashes: every output of the steps of earlier stages,
+    and the trained files of the steps it starts from (a fine-tune's base member)."""
+    rank = params.STAGES.index(step.stage)
+    upstream: dict[str, str] = {}
+    for s in steps:
+        if params.STAGES.index(s.stage) < rank or s.label in step.needs:
+            upstream |= outputs.get(s.label, {})
+    return upstream
+
+
 def plan_keys(config: params.Config, run_root: Path, *, nb_dir: Path,
               package_dir: Path | None = None,
               outputs: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
-    """Cache keys of every step, given the outputs each step produced (for inspection/tests)."""
+    """Cache keys of every step, given the outputs each step produced: the keys the runner
+    computes (both use `step_upstream` and `step_key`)."""
     outputs = outputs or {}
-    sources, env, upstream, keys = sources_hash(package_dir), versions(), {}, {}
-    for step in plan(config, run_root):
-        keys[step.label] = step_key(step, notebook=notebook_hash(nb_dir / step.notebook),
-                                    sources=sources, upstream=dict(upstream), env=env)
-        upstream |= outputs.get(step.label, {})
-    return keys
+    sources, env = sources_hash(package_dir), versions()
+    steps = plan(config, run_root)
+    return {step.label: step_key(step, notebook=notebook_hash(nb_dir / step.notebook),
+                                 sources=sources, upstream=step_upstream(step, steps, outputs),
+                                 env=env)
+            for step in steps}
 
 
 def _snapshot(root: Path, scope: str = "") -> dict[str, tuple[int, int]]:
@@ -255,25 +269,42 @@ def git_state(path: Path | None = None) -> dict[str, Any]:
 
 
 class RunLock:
-    """An exclusive lock on a run folder: a second run with the same run id is refused."""
+    """An exclusive lock on a run folder: a second run with the same run id is refused.
+
+    `fcntl.flock` on `.lock`: the kernel holds the lock, so there is no window between taking
+    it and writing the PID, and a process killed with -9 releases it. The file is removed on
+    release; a holder checks that the file it locked is still the one at the path (another
+    process may have removed it in between) and otherwise tries again.
+    """
 
     def __init__(self, root: Path):
         self.path = root / LOCK
+        self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        for _ in range(2):
+        import fcntl
+
+        for _ in range(20):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
                 pid = self._holder()
-                if pid and _alive(pid):
-                    raise PipelineError(
-                        f"run folder '{self.path.parent}' is in use by process {pid}; wait for "
-                        "that run to finish or choose another --run-id.") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                raise PipelineError(
+                    f"run folder '{self.path.parent}' is in use by process "
+                    f"{pid or '(starting)'}; wait for that run to finish or choose another "
+                    "--run-id.") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:  # removed by the holder that released it just now
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
             return self
         raise PipelineError(f"could not lock run folder '{self.path.parent}'")
 
@@ -284,17 +315,78 @@ class RunLock:
             return None
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)  # while still holding it: nobody locks a removed file
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
-def _alive(pid: int) -> bool:
+def preflight(runs_dir: str | Path, reports_dir: str | Path, run_id: str) -> tuple[Path, Path]:
+    """Check every folder the run writes into before any stage runs (or anything is written):
+    each is a folder or can become one, and is writable; an existing run folder's manifest is
+    readable. Returns the run folder and its report folder."""
+    runs_dir = paths.output_folder(runs_dir, what="--runs-dir")
+    reports_dir = paths.output_folder(reports_dir, what="--reports-dir")
+    run_root = paths.output_folder(paths.inside(runs_dir, run_id, what="--run-id"),
+                                   what="run folder")
+    report_dir = paths.output_folder(paths.inside(reports_dir, run_id, what="--run-id"),
+                                     what="report folder")
+    read_manifest(run_root, missing_ok=True)
+    return run_root, report_dir
+
+
+def read_manifest(run_root: Path, *, missing_ok: bool = False) -> dict[str, Any]:
+    """A run folder's manifest.json; PipelineError when it is missing (unless `missing_ok`,
+    then {}) or is not a manifest (a crash while writing it cannot cause that: it is written
+    atomically, but a hand edit or a damaged disk can)."""
+    path = run_root / "manifest.json"
+    if not path.is_file():
+        if missing_ok:
+            return {}
+        raise PipelineError(f"'{run_root}' has no manifest.json: expected a run folder written by "
+                            "`kernelib run CONFIG`. Check the path, or run a config first.")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        manifest = io.read_json(path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), list):
+            raise ValueError("not a mapping with a 'stages' list")
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"'{path}' is not a readable run manifest ({err}); expected the JSON "
+                            "file `kernelib run` writes. Restore it, or delete it to run this "
+                            "run id from scratch (finished stages are then taken from the cache "
+                            "of other runs).") from None
+    return manifest
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM (a scheduler, `kill`, a container stop)."""
+
+    def __init__(self, name: str, signum: int = signal.SIGINT):
+        super().__init__(name)
+        self.signum = int(signum)
+
+
+@contextlib.contextmanager
+def interrupts():
+    """One handler for SIGINT and SIGTERM while a run holds its folder: the first signal raises
+    `Interrupted` (so the manifest records `interrupted`, the lock is released and the index
+    updated); further ones are noted and ignored until the run has written its records.
+    Yields the list of signal numbers received."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            raise Interrupted(signal.Signals(signum).name, signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
@@ -317,32 +409,31 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
     config = resolve_member_paths(params.load_config(config_path), config_path.parent.resolve())
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1; received {jobs}")
-    check_member_files(config)
-    nb_dir = Path(nb_dir) if nb_dir else notebooks_dir()
-    run_id = run_id or new_run_id(config)
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", run_id):
-        raise ConfigError(f"run id must use letters, digits, '.', '_' or '-'; received {run_id!r}")
-    runs_dir = Path(runs_dir).resolve()
-    run_root = runs_dir / run_id
-    report_dir = Path(reports_dir).resolve() / run_id
-    steps = plan(config, run_root)
+    run_id = paths.safe_name(run_id or new_run_id(config), what="--run-id (the run folder name)")
+    steps = plan(config, Path(runs_dir).resolve() / run_id)
     # --from/--only name what runs regardless of the cache; --force alone means every step
     forced = select_steps(steps, from_stage=from_stage, only=only) or (
         {s.label for s in steps} if force else set())
     only_mode = bool(only)
+    run_root, report_dir = preflight(runs_dir, reports_dir, run_id)
+    check_member_files(config)
+    nb_dir = Path(nb_dir) if nb_dir else notebooks_dir()
     os.environ.update(kernel_env())  # kernels inherit it
     rd = RunDir(run_root)
     rd.notebooks.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_root):
+    with RunLock(run_root), interrupts() as received:
         manifest = _start_manifest(rd, config, run_id, steps)
-        runner = _Runner(rd, report_dir, nb_dir, runs_dir, kernel_name, progress, manifest)
+        runner = _Runner(rd, report_dir, nb_dir, run_root.parent, kernel_name, progress,
+                         manifest)
         t_run = time.perf_counter()
         try:
             runner.run_all(steps, forced=forced, only_mode=only_mode, jobs=jobs)
             manifest["status"] = "succeeded"
         except KeyboardInterrupt:
             manifest["status"] = "interrupted"
-            raise
+            signum = received[0] if received else signal.SIGINT
+            manifest["interrupted_by"] = signal.Signals(signum).name
+            raise Interrupted(signal.Signals(signum).name, signum) from None
         except StageFailedError:
             manifest["status"] = "failed"
             raise
@@ -373,8 +464,9 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
 def _start_manifest(rd: RunDir, config: params.Config, run_id: str,
                     steps: list[Step]) -> dict[str, Any]:
     """A fresh manifest, keeping earlier records of this run id (resume) where steps match."""
-    old = io.read_json(rd.manifest) if rd.manifest.exists() else {}
+    old = read_manifest(rd.root, missing_ok=True)
     old_records = {s["label"]: s for s in old.get("stages", [])}
+    cleaned = io.clean_leftovers(rd.root, recursive=True)  # a crashed attempt's temporary files
     io.write_text(rd.root / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"),
                                                           sort_keys=False))
     manifest = {
@@ -384,6 +476,11 @@ def _start_manifest(rd: RunDir, config: params.Config, run_id: str,
         "versions": versions(), "git": git_state(), "command": " ".join(sys.argv),
         "resumed": bool(old), "stages": [],
     }
+    if cleaned:
+        manifest["cleaned"] = cleaned
+    if old.get("status") == "running":  # its lock was free, so its process is gone
+        manifest["previous_attempt"] = ("ended without a record (killed or crashed while "
+                                        f"running, started {old.get('started')})")
     for s in steps:
         rec = {"stage": s.stage, "label": s.label, "notebook": f"notebooks/{s.output}",
                "status": "pending"}
@@ -413,34 +510,43 @@ class _Runner:
         after them are skipped.
         """
         sources, env = sources_hash(), versions()
-        upstream: dict[str, str] = {}
         records = self.manifest["stages"]
         last = max(k for k, s in enumerate(steps) if s.label in forced) if only_mode else None
+        done: dict[str, dict[str, str]] = {}  # label -> outputs of the steps decided so far
         i = 0
         while i < len(steps):
             j = i + 1
             while steps[i].stage == "train" and j < len(steps) and steps[j].stage == "train":
                 j += 1
-            to_execute = []
+            pending = []
             for k in range(i, j):
-                step, rec = steps[k], records[k]
                 if last is not None and k > last:
-                    rec.update(status="skipped", outputs={})
-                    continue
-                rec["key"] = step_key(step, notebook=notebook_hash(self.nb_dir / step.notebook),
-                                      sources=sources, upstream=dict(upstream), env=env)
-                if step.label not in forced and self._reuse(step, rec):
-                    self._say(k, steps, f"cached (from run {rec['cached_from']})")
-                elif only_mode and step.label not in forced:
-                    raise PipelineError(
-                        f"--only: step '{step.label}' has no cached result to reuse (no earlier "
-                        "run with the same inputs); run the chain without --only first.")
+                    records[k].update(status="skipped", outputs={})
                 else:
-                    self._say(k, steps, "running")
-                    to_execute.append(k)
-            self._execute(steps, to_execute, jobs)
-            for k in range(i, j):
-                upstream |= records[k].get("outputs", {})
+                    pending.append(k)
+            while pending:  # in waves: a fine-tune's key needs its base member's trained file
+                wave = [k for k in pending if not any(
+                    steps[d].label in steps[k].needs for d in pending)]
+                pending = [k for k in pending if k not in wave]
+                to_execute = []
+                for k in wave:
+                    step, rec = steps[k], records[k]
+                    rec["key"] = step_key(step, notebook=notebook_hash(self.nb_dir / step.notebook),
+                                          sources=sources, env=env,
+                                          upstream=step_upstream(step, steps, done))
+                    if step.label not in forced and self._reuse(step, rec):
+                        self._say(k, steps, f"cached (from run {rec['cached_from']})")
+                    elif only_mode and step.label not in forced:
+                        raise PipelineError(
+                            f"--only: step '{step.label}' has no cached result to reuse (no "
+                            "earlier run with the same inputs); run the chain without --only "
+                            "first.")
+                    else:
+                        self._say(k, steps, "running")
+                        to_execute.append(k)
+                self._execute(steps, to_execute, jobs)
+                for k in wave:
+                    done[steps[k].label] = records[k].get("outputs", {})
             i = j
 
     def _say(self, k: int, steps: list[Step], what: str) -> None:
@@ -602,8 +708,8 @@ def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDi
         first = str(err.evalue).splitlines()[0] if err.evalue else ""
         record.update(status="failed", error_type=err.ename, error_message=first,
                       error=f"cell {err.exec_count or err.cell_index}: {err.ename}: {first}")
-    except KeyboardInterrupt:
-        record.update(status="interrupted", error="interrupted (Ctrl-C)")
+    except KeyboardInterrupt as err:
+        record.update(status="interrupted", error=f"interrupted ({err or 'SIGINT'})")
     except Exception as err:  # noqa: BLE001  e.g. the kernel died (out of memory, killed)
         record.update(status="failed", error_type=type(err).__name__,
                       error=f"{type(err).__name__}: {err}")
@@ -644,20 +750,40 @@ def _worker(job_path: str) -> int:
 
 
 def latest_run(runs_dir: str | Path = "runs") -> Path:
-    """The most recently started run folder."""
-    runs = [p.parent for p in Path(runs_dir).glob("*/manifest.json")]
-    if not runs:
+    """The most recently started run folder (folders whose manifest cannot be read are passed
+    over)."""
+    runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise PipelineError(f"--runs-dir '{runs_dir}' is a file; expected the folder of runs.")
+    started = {}
+    for m in runs_dir.glob("*/manifest.json"):
+        try:
+            started[m.parent] = str(read_manifest(m.parent).get("started", ""))
+        except PipelineError:
+            continue
+    if not started:
         raise PipelineError(f"no runs found in '{runs_dir}'; run `kernelib run CONFIG` first.")
-    return max(runs, key=lambda p: io.read_json(p / "manifest.json")["started"])
+    return max(started, key=started.get)
 
 
 def rerender(run_root: str | Path, reports_dir: str | Path = "reports") -> Path:
-    """Render every executed notebook of a run again, and its index; return the index path."""
+    """Render every executed notebook of a run again, and its index; return the index path.
+
+    A folder without a manifest (`runs/lab`, filled by running the notebooks by hand in
+    JupyterLab) gets an index of what it holds.
+    """
     run_root = Path(run_root)
-    manifest = io.read_json(run_root / "manifest.json")
-    report_dir = Path(reports_dir) / manifest["run_id"]
-    for st in manifest["stages"]:
-        nb = run_root / st["notebook"]
+    if not run_root.is_dir():
+        raise PipelineError(f"run folder '{run_root}' not found: expected a folder under the runs "
+                            "folder (see `ls runs/`), or no argument for the latest run.")
+    manifest = read_manifest(run_root, missing_ok=True)
+    run_id = paths.safe_name(manifest.get("run_id", run_root.name), what="run id",
+                             error=PipelineError)
+    report_dir = paths.output_folder(paths.inside(reports_dir, run_id, what="run id",
+                                                  error=PipelineError), what="report folder")
+    notebooks = ([run_root / st["notebook"] for st in manifest["stages"]] if manifest
+                 else sorted((run_root / "notebooks").glob("*.ipynb")))
+    for nb in notebooks:
         if nb.exists():
             report.render_notebook(nb, report_dir / Path(nb).with_suffix(".html").name)
     index = report.write_index(run_root, report_dir)

@@ -35,7 +35,13 @@ _EXPORTERS: dict[bool, Any] = {}
 
 
 def _exporter(*, share: bool):
-    """One nbconvert HTMLExporter per variant and process (its start-up is the slow part)."""
+    """One nbconvert HTMLExporter per variant and process (its start-up is the slow part).
+
+    The one HTML-safety rule of rendered notebooks: with `sanitize_html`, every Markdown cell
+    and every HTML or Markdown output passes `clean_html`, so text a user put into an output
+    (a model card's intended use, a class name) shows as text or harmless markup and never
+    runs script; JavaScript outputs are dropped. The index pages escape everything (`_esc`).
+    """
     if share not in _EXPORTERS:
         from jinja2 import DictLoader
         from nbconvert import HTMLExporter
@@ -47,11 +53,34 @@ def _exporter(*, share: bool):
             config.TemplateExporter.exclude_input_prompt = True
             config.TemplateExporter.exclude_output_prompt = True
         _EXPORTERS[share] = HTMLExporter(
-            config=config, template_name="lab", embed_images=True,
+            config=config, template_name="lab", embed_images=True, sanitize_html=True,
+            filters={"clean_html": clean_html},
             extra_loaders=[DictLoader({"kernelib.html.j2": _TEMPLATE})],
             template_file="kernelib.html.j2",
         )
     return _EXPORTERS[share]
+
+
+_SAFE_TAGS = ["a", "abbr", "b", "blockquote", "br", "caption", "code", "dd", "del", "details",
+              "div", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img",
+              "kbd", "li", "ol", "p", "pre", "s", "small", "span", "strong", "style", "sub",
+              "summary", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul"]
+_SAFE_ATTRIBUTES = {"*": ["class", "id", "title", "style", "align"], "a": ["href"],
+                    "img": ["src", "alt", "width", "height"], "table": ["border"],
+                    "td": ["colspan", "rowspan"], "th": ["colspan", "rowspan"]}
+
+
+def clean_html(fragment: str | bytes) -> str:
+    """HTML from a notebook's Markdown or outputs with script removed: tags outside a list that
+    tables, headings, code and images need show as text, `on*` attributes and `javascript:`
+    links are dropped (bleach, with its CSS sanitiser for `style`)."""
+    import bleach
+    from bleach.css_sanitizer import CSSSanitizer
+
+    text = fragment.decode() if isinstance(fragment, bytes) else str(fragment)
+    return bleach.clean(text, tags=_SAFE_TAGS, attributes=_SAFE_ATTRIBUTES,
+                        protocols=["http", "https", "mailto", "data"],
+                        css_sanitizer=CSSSanitizer())
 
 
 def share_path(html_path: str | Path) -> Path:
@@ -266,10 +295,10 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
 
     run_root, report_dir = Path(run_root), Path(report_dir)
     rd = RunDir(run_root)
-    if not rd.manifest.exists():
-        raise PipelineError(f"no manifest.json in '{run_root}'; expected a run folder written by "
-                            "`kernelib run CONFIG`.")
-    manifest = io.read_json(rd.manifest)
+    if not run_root.is_dir():
+        raise PipelineError(f"run folder '{run_root}' not found; expected a folder written by "
+                            "`kernelib run CONFIG` or by the notebooks.")
+    manifest = io.read_json(rd.manifest) if rd.manifest.exists() else folder_manifest(rd)
     run_id, metrics = manifest["run_id"], rd.metrics
     summary = io.read_json_if_exists(metrics / "summary.json")
     rel = Path(os.path.relpath(run_root, report_dir)).as_posix()
@@ -322,6 +351,24 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
     _write(report_dir / "run.json", json.dumps(_run_record(manifest, summary), indent=2,
                                                 sort_keys=True) + "\n")
     return index
+
+
+# what each stage writes first: present means the stage ran in a folder without a manifest
+_STAGE_MARKS = {"load": "data/raw.npz", "preprocess": "data/splits.npz",
+                "train": "members/*/model.keras", "merge": "merged/predictions.npz",
+                "evaluate": "metrics/summary.json", "export": "export/labels.json"}
+
+
+def folder_manifest(rd: RunDir) -> dict[str, Any]:
+    """A stand-in manifest for a folder filled by running the notebooks by hand (`runs/lab`):
+    which stages left their artifacts, and every file it holds."""
+    files = sorted(str(p.relative_to(rd.root)) for p in rd.root.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(rd.root).parts))
+    stages = [{"stage": st, "label": st, "notebook": f"notebooks/{st}.ipynb",
+               "status": "artifacts found" if list(rd.root.glob(mark)) else "no artifacts"}
+              for st, mark in _STAGE_MARKS.items()]
+    return {"run_id": rd.root.name, "status": "no manifest (notebooks run by hand)",
+            "stages": stages, "artifacts": files}
 
 
 def _run_record(manifest: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from kernelib.errors import DataError, ExportError
+from kernelib.errors import ConfigError, DataError, ExportError
 
 RUNTIMES = {
     "keras": "keras.saving.load_model (safe_mode)",
@@ -312,6 +312,9 @@ def _open_image(path: Path):
         with Image.open(path) as img:
             img.load()
             return img.copy()
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image '{path}' is too large to decode safely ({err}); expected an "
+                        "image of at most a few megapixels. Resize it first.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"could not read image '{path}' ({type(err).__name__}: {err}); expected "
                         "a valid PNG or JPEG file. The file may be truncated or corrupted.") from None
@@ -340,19 +343,30 @@ def predict_top_k(export_path: str | Path, inputs: str | Path | np.ndarray, *, k
     the input range come from `labels.json` next to the export when present (otherwise
     class indices, and images taken as 0..255).
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"--top-k (k) must be a whole number of at least 1; received {k!r}")
     kind, path = detect_format(export_path)
     meta = find_labels(path) or {}
+    if not isinstance(inputs, np.ndarray) and not Path(inputs).exists():
+        raise DataError(f"input not found: expected an .npy file, an image or a folder of "
+                        f"images, received '{inputs}'")
     runner = load(path, kind)
     if isinstance(inputs, np.ndarray):
         x = np.asarray(inputs, dtype="float32").reshape(-1, *runner.input_shape)
         names = [f"row {i}" for i in range(len(x))]
     else:
         names, x = read_inputs(inputs, runner.input_shape,
-                               input_range=tuple(meta.get("input_range", (0.0, 255.0))),
+                               input_range=tuple(meta.get("input_range") or (0.0, 255.0)),
                                invert=invert)
+    bad = [names[i] for i in np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))]
+    if bad:
+        source = "the array" if isinstance(inputs, np.ndarray) else f"'{inputs}'"
+        raise DataError(f"inputs {bad[:5]}{' ...' if len(bad) > 5 else ''} hold NaN or infinite "
+                        f"values ({len(bad)} of {len(x)} rows of {source}); expected finite raw "
+                        "values. Fix or drop those rows.")
     probs = predict_batched(runner, x)
     classes = meta.get("class_names") or [str(i) for i in range(probs.shape[1])]
-    k = max(1, min(k, probs.shape[1]))
+    k = min(k, probs.shape[1])
     rows = []
     for name, p in zip(names, probs, strict=True):
         top = np.argsort(-p, kind="stable")[:k]

@@ -153,3 +153,41 @@ def test_only_with_force_still_runs_only_the_named_stage(tmp_path):
     with pytest.raises(PipelineError, match=r"--only: step 'load' has no cached result"):
         pipeline.run(ROOT / "configs" / "smoke.yaml", runs_dir=tmp_path / "runs",
                      reports_dir=tmp_path / "reports", only="train", force=True, progress=False)
+
+
+_RACER = """
+import os, sys, time
+from pathlib import Path
+from kernelib import pipeline
+from kernelib.errors import PipelineError
+root, log, until = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+while time.time() < until:
+    try:
+        with pipeline.RunLock(root):
+            with open(log, "a") as fh:
+                fh.write(f"in {os.getpid()}\\n")
+                fh.flush()
+                time.sleep(0.0005)
+                fh.write(f"out {os.getpid()}\\n")
+    except PipelineError:
+        pass
+"""
+
+
+def test_two_processes_racing_for_the_lock_never_both_hold_it(tmp_path):
+    """Two real processes take and release the lock of one run folder for two seconds; the
+    log of who holds it must never show two holders at once (the O_EXCL-then-write lock let a
+    reader of the still-empty file take it over as stale)."""
+    log = tmp_path / "holders.log"
+    until = str(__import__("time").time() + 4.0)
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), str(log), until])
+             for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    lines = log.read_text().split("\n")[:-1]
+    holders = {line.split()[1] for line in lines}
+    assert len(holders) == 2, "both processes must have held the lock at some point"
+    for i in range(0, len(lines), 2):  # every "in" is directly followed by its own "out"
+        assert lines[i].split()[0] == "in" and lines[i + 1] == f"out {lines[i].split()[1]}", \
+            f"two holders at once near line {i}: {lines[i:i + 3]}"
+    assert not (tmp_path / ".lock").exists()

@@ -151,9 +151,18 @@ def test_index_of_a_failed_run_explains_why(tmp_path):
     assert json.loads((tmp_path / "rep" / "run.json").read_text())["status"] == "failed"
 
 
-def test_index_needs_a_manifest(tmp_path):
-    with pytest.raises(PipelineError, match=r"no manifest.json in .*expected a run folder"):
-        report.write_index(tmp_path, tmp_path / "rep")
+def test_a_folder_without_manifest_gets_an_index_of_what_it_holds(tmp_path):
+    """`kernelib report runs/lab`: the folder JupyterLab users fill by running the notebooks."""
+    lab = tmp_path / "lab"
+    (lab / "data").mkdir(parents=True)
+    (lab / "data" / "raw.npz").write_bytes(b"x")
+    (lab / "data" / "splits.npz").write_bytes(b"y")
+    text = report.write_index(lab, tmp_path / "rep").read_text()
+    assert "no manifest (notebooks run by hand)" in text
+    assert text.count("artifacts found") == 2 and text.count("no artifacts") == 4
+    assert "data/raw.npz" in text and "data/splits.npz" in text
+    with pytest.raises(PipelineError, match=r"run folder '.*missing' not found"):
+        report.write_index(tmp_path / "missing", tmp_path / "rep")
 
 
 def _blocked(tmp_path: Path, how: str) -> Path:
