@@ -1,0 +1,410 @@
+"""`kernelib serve`: an export folder behind TF Serving's REST API and the Open Inference Protocol.
+
+Both protocols answer from the same served versions (see `kernelib.repository`):
+
+- TF Serving REST: `GET /v1/models/<name>[/versions/<v>]` (version status), `.../metadata`
+  (signature and class names), `POST /v1/models/<name>[/versions/<v>]:predict` with
+  `{"instances": [...]}` (rows; answered `{"predictions": [...]}`) or `{"inputs": ...}`
+  (columnar; answered `{"outputs": ...}`, as TF Serving does).
+- Open Inference Protocol (KServe V2, what Triton speaks): `GET /v2`, `/v2/health/live`,
+  `/v2/health/ready`, `/v2/models/<name>[/versions/<v>][/ready]`,
+  `POST /v2/models/<name>[/versions/<v>]/infer`, with JSON tensors or the binary tensor extension.
+
+Errors are `{"error": "..."}` with TF Serving's status codes (400 bad input, 404 unknown model or
+version, 413 a body over `max_body_bytes`). The HTTP server is uvicorn with a starlette app; on
+SIGTERM uvicorn stops accepting connections and lets requests in flight finish.
+
+Example::
+
+    kernelib serve runs/demo --port 8501 --max-batch-size 64 --batch-timeout-us 500
+    curl -d '{"instances": [[[[0.0], ...]]]}' localhost:8501/v1/models/digits:predict
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from kernelib import __version__
+from kernelib.repository import PLATFORMS, Repository, Version
+
+log = logging.getLogger("kernelib.serve")
+INPUT, OUTPUT = "input", "probabilities"  # tensor names of the served signature
+_HEADER_LENGTH = "inference-header-content-length"  # V2 binary tensor extension
+
+
+class RequestError(Exception):
+    """A request the server answers with `{"error": message}` and an HTTP status."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class Batcher:
+    """Dynamic batching: requests queued while the runtime is busy run as one batch.
+
+    A batch holds up to `max_batch_size` rows of one version; it waits at most `timeout_s` for
+    more rows once the runtime is free. `max_batch_size=0` runs each request on its own. One
+    inference thread runs the runtime (whose own thread pool uses the cores).
+    """
+
+    def __init__(self, max_batch_size: int = 0, timeout_s: float = 0.0):
+        self.max_rows, self.timeout_s = max_batch_size, timeout_s
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, "kernelib-infer")
+        self._pending: collections.deque = collections.deque()
+        self._rows = 0
+        self._wake: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+
+    async def run(self, version: Version, x: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        if self.max_rows <= 0:
+            return await loop.run_in_executor(self.executor, version.runner, x)
+        future = loop.create_future()
+        self._pending.append((version, x, future))
+        self._rows += len(x)
+        self._wake.set()
+        if self._rows >= self.max_rows:
+            self._full.set()
+        return await future
+
+    async def worker(self) -> None:
+        self._wake, self._full = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            if self.timeout_s > 0 and self._rows < self.max_rows:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.timeout_s)
+            batch = self._take()
+            version = batch[0][0]
+            x = batch[0][1] if len(batch) == 1 else np.concatenate([b[1] for b in batch])
+            try:
+                y = await loop.run_in_executor(self.executor, version.runner, x)
+            except Exception as err:  # noqa: BLE001 - handed to every request of the batch
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            start = 0
+            for _, rows, future in batch:
+                if not future.done():  # the client may have gone away
+                    future.set_result(y[start:start + len(rows)])
+                start += len(rows)
+
+    def _take(self) -> list:
+        """The longest run of queued requests for one version that fits in a batch."""
+        batch = [self._pending.popleft()]
+        rows = len(batch[0][1])
+        while (self._pending and self._pending[0][0] is batch[0][0]
+               and rows + len(self._pending[0][1]) <= self.max_rows):
+            batch.append(self._pending.popleft())
+            rows += len(batch[-1][1])
+        self._rows -= rows
+        if not self._pending:
+            self._wake.clear()
+        if self._rows < self.max_rows:
+            self._full.clear()
+        return batch
+
+
+# ---------------------------------------------------------------------------- request bodies
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {declared} bytes is over the limit of {limit} "
+                           "bytes; send fewer rows per request or start the server with a "
+                           "larger --max-body-bytes.", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body is over the limit of {limit} bytes; send fewer "
+                               "rows per request or raise --max-body-bytes.", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(f"malformed JSON in the request body: {err}") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"expected a JSON object; received {type(body).__name__}")
+    return body
+
+
+def to_rows(value, version: Version, what: str) -> np.ndarray:
+    """Nested JSON numbers as float32 rows of the model's input shape, or a RequestError."""
+    try:
+        x = np.asarray(value)
+    except ValueError as err:  # ragged lists
+        raise RequestError(f"{what} is not a rectangular array of numbers ({err})") from None
+    if x.dtype.kind not in "iuf" or x.size == 0:
+        raise RequestError(f"{what} must be a non-empty array of numbers (float32 input "
+                           f"'{INPUT}'); received an array of {x.dtype.name} values, shape "
+                           f"{x.shape}")
+    if x.shape[1:] != version.input_shape:
+        raise RequestError(f"{what} has shape {list(x.shape)}; model '{version.name}' takes "
+                           f"[n, {', '.join(map(str, version.input_shape))}] (n rows of "
+                           f"{list(version.input_shape)})")
+    return x.astype("float32")
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+class Server:
+    """The starlette app over a Repository; `app` is what uvicorn runs."""
+
+    def __init__(self, repo: Repository, *, batcher: Batcher, max_body_bytes: int,
+                 poll_s: float = 1.0):
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
+        from starlette.routing import Route
+
+        self.repo, self.batcher, self.limit, self.poll_s = repo, batcher, max_body_bytes, poll_s
+        model = "/models/{name}"
+        v = "/versions/{version}"
+        routes = [
+            *(Route(f"/v1{model}{s}", self.tfs_status) for s in ("", v)),
+            *(Route(f"/v1{model}{s}/metadata", self.tfs_metadata) for s in ("", v)),
+            *(Route(f"/v1{model}{s}:predict", self.tfs_predict, methods=["POST"])
+              for s in ("", v)),
+            Route("/v2", self.v2_server),
+            Route("/v2/health/live", self.v2_live),
+            Route("/v2/health/ready", self.v2_ready),
+            *(Route(f"/v2{model}{s}", self.v2_metadata) for s in ("", v)),
+            *(Route(f"/v2{model}{s}/ready", self.v2_model_ready) for s in ("", v)),
+            *(Route(f"/v2{model}{s}/infer", self.v2_infer, methods=["POST"]) for s in ("", v)),
+        ]
+        self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
+            RequestError: self._error, HTTPException: self._error})
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        stop = threading.Event()
+        self.repo.watch(self.poll_s, stop)
+        worker = asyncio.create_task(self.batcher.worker())
+        yield
+        stop.set()
+        worker.cancel()
+        self.batcher.executor.shutdown(wait=True)
+
+    @staticmethod
+    async def _error(request, err):
+        from starlette.responses import JSONResponse
+
+        status = getattr(err, "status", None) or err.status_code
+        return JSONResponse({"error": str(getattr(err, "detail", None) or err)}, status)
+
+    def version(self, request) -> Version:
+        """The version a request names (the served one when it names none), or 404."""
+        name, number = request.path_params["name"], request.path_params.get("version")
+        served = self.repo.served.get(name)
+        if served is None:
+            raise RequestError(f"model '{name}' is not served; served models: "
+                               f"{sorted(self.repo.served)}", 404)
+        if number is not None and number != str(served.version):
+            raise RequestError(f"version '{number}' of model '{name}' is not served; it serves "
+                               f"version {served.version} (the newest complete one)", 404)
+        return served
+
+    # ------------------------------------------------------------------ TF Serving REST
+
+    async def tfs_status(self, request):
+        from starlette.responses import JSONResponse
+
+        name, number = request.path_params["name"], request.path_params.get("version")
+        rows = [r for r in self.repo.status(name) if number is None or r["version"] == number]
+        if not rows:
+            raise RequestError(f"model '{name}'" + (f" version '{number}'" if number else "") +
+                               f" is not known; served models: {sorted(self.repo.served)}", 404)
+        return JSONResponse({"model_version_status": rows})
+
+    async def tfs_metadata(self, request):
+        from starlette.responses import JSONResponse
+
+        v = self.version(request)
+        dims = [{"size": str(d)} for d in (-1, *v.input_shape)]
+        signature = {
+            "inputs": {INPUT: {"dtype": "DT_FLOAT", "name": INPUT,
+                               "tensor_shape": {"dim": dims, "unknown_rank": False}}},
+            "outputs": {OUTPUT: {"dtype": "DT_FLOAT", "name": OUTPUT, "tensor_shape": {
+                "dim": [{"size": "-1"}, {"size": str(v.n_classes)}], "unknown_rank": False}}},
+            "method_name": "tensorflow/serving/predict"}
+        return JSONResponse({
+            "model_spec": {"name": v.name, "signature_name": "", "version": str(v.version)},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}},
+                         "class_names": v.class_names, "runtime": PLATFORMS[v.fmt]}})
+
+    async def tfs_predict(self, request):
+        from starlette.responses import JSONResponse
+
+        v = self.version(request)
+        body = parse_json(await read_body(request, self.limit))
+        keys = {"instances", "inputs"} & body.keys()
+        if len(keys) != 1:
+            raise RequestError("expected exactly one of 'instances' (row format) or 'inputs' "
+                               f"(columnar format); received keys {sorted(body)}")
+        key = keys.pop()
+        value = body[key]
+        if key == "instances" and isinstance(value, list) and value and all(
+                isinstance(r, dict) for r in value):
+            value = [_named(r, "instance") for r in value]
+        elif key == "inputs" and isinstance(value, dict):
+            value = _named(value, "inputs")
+        y = await self.batcher.run(v, to_rows(value, v, f"'{key}'"))
+        return JSONResponse({"predictions" if key == "instances" else "outputs": y.tolist()})
+
+    # ------------------------------------------------------------------ Open Inference Protocol
+
+    async def v2_server(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"name": "kernelib", "version": __version__,
+                             "extensions": ["binary_tensor_data"]})
+
+    async def v2_live(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"live": True})
+
+    async def v2_ready(self, request):
+        from starlette.responses import JSONResponse
+
+        ready = bool(self.repo.served) and set(self.repo.served) >= set(self.repo.names())
+        return JSONResponse({"ready": ready}, 200 if ready else 503)
+
+    async def v2_model_ready(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"name": self.version(request).name, "ready": True})
+
+    async def v2_metadata(self, request):
+        from starlette.responses import JSONResponse
+
+        v = self.version(request)
+        return JSONResponse({
+            "name": v.name, "versions": [str(v.version)], "platform": PLATFORMS[v.fmt],
+            "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *v.input_shape]}],
+            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, v.n_classes]}],
+            "parameters": {"class_names": v.class_names}})
+
+    async def v2_infer(self, request):
+        from starlette.responses import JSONResponse, Response
+
+        v = self.version(request)
+        raw = await read_body(request, self.limit)
+        header = len(raw) if _HEADER_LENGTH not in request.headers else _int(
+            request.headers[_HEADER_LENGTH], _HEADER_LENGTH)
+        body = parse_json(raw[:header])
+        x = v2_input(body, raw[header:], v)
+        y = await self.batcher.run(v, x)
+        out = {"name": OUTPUT, "datatype": "FP32", "shape": list(y.shape)}
+        wanted = {o.get("name"): o.get("parameters", {}) for o in body.get("outputs") or []
+                  if isinstance(o, dict)}
+        if wanted.keys() - {OUTPUT}:
+            raise RequestError(f"unknown output(s) {sorted(wanted.keys() - {OUTPUT})}; model "
+                               f"'{v.name}' has one output, '{OUTPUT}'")
+        binary = wanted.get(OUTPUT, {}).get(
+            "binary_data", (body.get("parameters") or {}).get("binary_data_output", False))
+        reply = {"model_name": v.name, "model_version": str(v.version), "outputs": [out]}
+        if "id" in body:
+            reply["id"] = body["id"]
+        if not binary:
+            return JSONResponse(reply | {"outputs": [out | {"data": y.ravel().tolist()}]})
+        data = np.ascontiguousarray(y, "<f4").tobytes()
+        out["parameters"] = {"binary_data_size": len(data)}
+        head = json.dumps(reply).encode()
+        return Response(head + data, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+def _named(value: dict, what: str):
+    if set(value) != {INPUT}:
+        raise RequestError(f"each {what} must name the model's one input '{INPUT}'; received "
+                           f"{sorted(value)}")
+    return value[INPUT]
+
+
+def _int(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise RequestError(f"'{what}' must be a byte count; received '{text}'")
+    return int(text)
+
+
+def v2_input(body: dict, binary: bytes, version: Version) -> np.ndarray:
+    """The one input tensor of a V2 request (JSON `data`, or bytes after the JSON header)."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise RequestError(f"expected 'inputs' to be a list of one tensor ('{INPUT}'); received "
+                           f"{type(inputs).__name__ if not isinstance(inputs, list) else len(inputs)}")
+    t = inputs[0]
+    if t.get("name") != INPUT:
+        raise RequestError(f"unknown input '{t.get('name')}'; model '{version.name}' has one "
+                           f"input, '{INPUT}'")
+    if t.get("datatype") != "FP32":
+        raise RequestError(f"input '{INPUT}' has datatype FP32; received {t.get('datatype')!r}")
+    shape = t.get("shape")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise RequestError(f"'shape' must be a list of non-negative integers; received {shape!r}")
+    size = (t.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if len(binary) != size or size != 4 * int(np.prod(shape)):
+            raise RequestError(f"binary input '{INPUT}' of shape {shape} needs "
+                               f"{4 * int(np.prod(shape))} bytes; received {len(binary)}")
+        flat = np.frombuffer(binary, "<f4")
+    else:
+        flat = _numbers(t.get("data")).ravel()
+    if flat.size != int(np.prod(shape)):
+        raise RequestError(f"input '{INPUT}' declares shape {shape} ({int(np.prod(shape))} "
+                           f"values); received {flat.size} values")
+    return to_rows(flat.reshape(shape), version, f"input '{INPUT}'")
+
+
+def _numbers(data):
+    try:
+        x = np.asarray(data)
+    except ValueError as err:
+        raise RequestError(f"'data' is not a rectangular array of numbers ({err})") from None
+    if x.dtype.kind not in "iuf":
+        raise RequestError(f"'data' of an FP32 input must hold numbers; received "
+                           f"{x.dtype.name} values")
+    return x
+
+
+def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501,
+          runtime: str = "auto", max_batch_size: int = 0, batch_timeout_us: int = 0,
+          max_body_bytes: int = 64 << 20, poll_s: float = 1.0) -> None:
+    """Serve an export folder (or a run folder's `export/`) until SIGTERM or Ctrl-C."""
+    import signal
+
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    repo = Repository(path, runtime=runtime,
+                      prefer="throughput" if max_batch_size > 0 else "latency")
+    repo.scan(first=True)
+    if not repo.served:
+        log.warning("no complete model version in %s yet; waiting for one", repo.root)
+    server = Server(repo, batcher=Batcher(max_batch_size, batch_timeout_us / 1e6),
+                    max_body_bytes=max_body_bytes, poll_s=poll_s)
+    # uvicorn re-raises the signal that stopped it once it has shut down; this handler takes
+    # it, so a graceful stop exits with status 0
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=30)
