@@ -55,8 +55,7 @@ def prepare(config: params.Config, out_dir: Path, *, nb_dir: Path) -> list[Path]
     The run folder is left to `run_folder` (the copies take `run_dir=None`), and the train
     notebook trains every recipe member in turn (`name=None`), as in the lab.
     """
-    import nbformat
-    from papermill.parameterize import parameterize_notebook
+    import papermill
 
     from kernelib.pipeline import NOTEBOOKS
 
@@ -67,10 +66,9 @@ def prepare(config: params.Config, out_dir: Path, *, nb_dir: Path) -> list[Path]
         values = {**common, **getattr(config, stage).model_dump(mode="json")}
         if stage == "train":
             values["name"] = None
-        nb = nbformat.read(nb_dir / NOTEBOOKS[stage], as_version=4)
-        nb = parameterize_notebook(nb, values, kernel_name=KERNEL, language="python")
         path = out_dir / NOTEBOOKS[stage]
-        nbformat.write(nb, path)
+        papermill.execute_notebook(nb_dir / NOTEBOOKS[stage], path, parameters=values,
+                                   prepare_only=True, kernel_name=KERNEL, progress_bar=False)
         paths.append(path)
     return paths
 
@@ -113,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     ap.add_argument("--port", type=int, default=8888, help="port (default 8888; the next free "
                     "one if taken)")
-    ap.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    ap.add_argument("--no-browser", action="store_true", help="do not open a browser (never "
+                    "opened without a display)")
     args = ap.parse_args(argv)
     try:
         name = check_run_name(args.run)
@@ -130,8 +129,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"kernelib lab: notebooks in {root}, run folder {runs / name}"
           f"{' (running as root: --allow-root)' if as_root else ''}; open the URL with the "
           f"token printed below", flush=True)
-    cmd = command(root, host=args.host, port=args.port, open_browser=not args.no_browser,
-                  as_root=as_root)
+    # no display (a container, a VM over ssh): print the URL rather than start a browser there
+    has_display = (sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY"))
+                   or bool(os.environ.get("WAYLAND_DISPLAY")))
+    cmd = command(root, host=args.host, port=args.port,
+                  open_browser=has_display and not args.no_browser, as_root=as_root)
     os.execve(cmd[0], cmd, env)
 
 
