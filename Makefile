@@ -42,8 +42,21 @@ datasets:
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
 	  || echo "warning: could not install dataset-fashion-mnist; fashion_mnist will be downloaded by keras.datasets instead"; }
 
+# JupyterLab on 127.0.0.1 (token URL printed), the notebooks' folder as root, the kernelib
+# kernel; as root it passes --allow-root. LAB_RUN=name picks the run folder runs/<name>/
+# (default lab); LAB_CONFIG=configs/smoke.yaml opens copies with that config's parameters.
+LAB_RUN  ?= lab
+LAB_PORT ?= 8888
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/python -m kernelib.lab --run '$(LAB_RUN)' --port '$(LAB_PORT)' $(if $(LAB_CONFIG),--config '$(LAB_CONFIG)')
+
+# TensorBoard on 127.0.0.1 over one run's logs: make tensorboard RUN=<run_id> (a folder in runs/).
+TB_PORT ?= 6006
+.PHONY: tensorboard
+tensorboard: $(STAMP)
+	@test -n '$(RUN)' || { echo "usage: make tensorboard RUN=<run_id> (one of: $$(ls runs 2>/dev/null | tr '\n' ' '))"; exit 1; }
+	@test -d 'runs/$(RUN)/tensorboard' || { echo "no TensorBoard logs in runs/$(RUN)/tensorboard: train with train.tensorboard: true first"; exit 1; }
+	$(BIN)/tensorboard --logdir 'runs/$(RUN)/tensorboard' --host 127.0.0.1 --port '$(TB_PORT)'
 
 report: $(STAMP)
 	$(BIN)/kernelib report

@@ -89,7 +89,9 @@ class MemberSpec(_Strict):
 class CommonParams(_Strict):
     """Parameters every stage notebook takes."""
 
-    run_dir: str = Field("../runs/lab", description="run folder the stage reads from and writes to")
+    run_dir: str | None = Field(
+        None, description="run folder the stage reads from and writes to; None = the lab's: "
+                          "runs/$KERNELIB_LAB_RUN (`LAB_RUN=name make lab`), else ../runs/lab")
     seed: int = Field(0, ge=0, description="global seed (Python, NumPy, TensorFlow)")
     deterministic: bool = Field(True, description="enable TensorFlow op determinism")
 
@@ -157,6 +159,8 @@ class TrainSettings(_Strict):
     batch_size: int = Field(64, ge=1, le=65_536, description="mini-batch size")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
     patience: int = Field(5, ge=1, description="early-stopping patience on val loss (epochs)")
+    tensorboard: bool = Field(True, description="log each member's per-epoch scalars to "
+                              "tensorboard/<name>/ in the run folder (`make tensorboard RUN=id`)")
 
 
 class TrainParams(TrainSettings):
@@ -216,6 +220,8 @@ class MergeParams(_Strict):
     distill_student: Literal[RECIPES] = Field("cnn", description="'distill': zoo recipe of the "
                                                                  "student")
     distill_epochs: int = Field(30, ge=1, description="'distill': maximum student epochs")
+    tensorboard: bool = Field(True, description="'concat' heads and 'distill' students log "
+                              "per-epoch scalars to tensorboard/<strategy>/ in the run folder")
 
     @model_validator(mode="after")
     def _strategies_unique(self) -> MergeParams:

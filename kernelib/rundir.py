@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernelib import io
+from kernelib import io, lab
 from kernelib import params as P
 from kernelib.errors import PipelineError
 
@@ -74,6 +74,10 @@ class RunDir:
     def export(self) -> Path:
         return self.root / "export"
 
+    def tensorboard_dir(self, name: str) -> Path:
+        """TensorBoard logs of one training (a member, a concat head, a distill student)."""
+        return self.root / "tensorboard" / name
+
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
@@ -104,16 +108,18 @@ class Stage:
     device: dict[str, Any]
 
 
-def start_stage(stage: str, *, run_dir: str, seed: int = 0, deterministic: bool = True,
-                **values: Any) -> Stage:
+def start_stage(stage: str, *, run_dir: str | None = None, seed: int = 0,
+                deterministic: bool = True, **values: Any) -> Stage:
     """Validate a notebook's parameters, seed everything, set up the device; first call of a notebook.
 
     Runs the same validation `kernelib run` does, so a direct papermill call or a JupyterLab
-    run with a wrong value fails here with the parameter named.
+    run with a wrong value fails here with the parameter named. `run_dir=None` is the lab's
+    run folder (`lab.run_folder`: `runs/<LAB_RUN>/` under `make lab`).
     """
     common = P.validate_common({"run_dir": run_dir, "seed": seed, "deterministic": deterministic})
     stage_params = P.validate_stage(stage, values)
-    root = Path(common.run_dir).expanduser().resolve()
+    root = (Path(common.run_dir).expanduser().resolve() if common.run_dir is not None
+            else lab.run_folder())
     root.mkdir(parents=True, exist_ok=True)
     from kernelib import train  # TensorFlow import: only once the parameters are known good
 

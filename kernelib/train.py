@@ -109,13 +109,24 @@ def compile_model(model, *, learning_rate: float, jit_compile: bool | str = "aut
     )
 
 
+def tensorboard_callbacks(log_dir: str | Path | None) -> list:
+    """`[keras.callbacks.TensorBoard]` writing per-epoch scalars only into `log_dir`; `[]` for None."""
+    if log_dir is None:
+        return []
+    import keras
+
+    return [keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False,
+                                        update_freq="epoch", profile_batch=0)]
+
+
 def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
         out_dir: str | Path, epochs: int, batch_size: int, learning_rate: float, patience: int,
-        seed: int = 0, jit_compile: bool | str = "auto"):
+        seed: int = 0, jit_compile: bool | str = "auto", log_dir: str | Path | None = None):
     """Train `model` with early stopping on val loss; write `history.csv` into `out_dir`.
 
     Training resumes from the last finished epoch if a previous attempt was killed
-    (`keras.callbacks.BackupAndRestore` in `out_dir/backup`). Returns the history DataFrame.
+    (`keras.callbacks.BackupAndRestore` in `out_dir/backup`). With `log_dir`, TensorBoard
+    scalars (loss and metrics per epoch) go there too. Returns the history DataFrame.
     """
     import keras
     import pandas as pd
@@ -132,6 +143,7 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(str(log), append=True),
         AtomicBackupAndRestore(str(out_dir / "backup")),
+        *tensorboard_callbacks(log_dir),
     ]
     model.fit(
         make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
@@ -147,12 +159,14 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
 
 
 def train_members(run, names, splits, *, epochs: int, batch_size: int, learning_rate: float,
-                  patience: int, jit_compile: bool | str = "auto") -> dict[str, Any]:
+                  patience: int, jit_compile: bool | str = "auto",
+                  tensorboard: bool = True) -> dict[str, Any]:
     """Build, fit and save each named recipe member of a run, in order; their histories.
 
     Members are trained in the given order, so a fine-tune comes after the member it starts
     from (the order of `load.members`). A member with a `bag` share trains on that seeded
-    subset of the training rows (validation stays whole).
+    subset of the training rows (validation stays whole). With `tensorboard`, each logs to
+    `tensorboard/<name>/`.
     """
     from kernelib import members as km
     from kernelib.data import bag_rows
@@ -165,7 +179,8 @@ def train_members(run, names, splits, *, epochs: int, batch_size: int, learning_
         histories[name] = fit(model, (splits.x_train[rows], splits.y_train[rows]), splits.val,
                               out_dir=run.member_dir(name), epochs=epochs,
                               batch_size=batch_size, learning_rate=learning_rate,
-                              patience=patience, seed=s["seed"], jit_compile=jit_compile)
+                              patience=patience, seed=s["seed"], jit_compile=jit_compile,
+                              log_dir=run.tensorboard_dir(name) if tensorboard else None)
         km.save_model(model, run.member_model(name))
     return histories
 

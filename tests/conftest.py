@@ -39,6 +39,23 @@ def tiny_members(splits, tmp_path_factory):
     return out
 
 
+def epoch_scalars(log_dir: Path, tag: str) -> dict[int, float]:
+    """`{epoch: value}` of one scalar in a TensorBoard log folder, read by TensorBoard's own reader.
+
+    Keras' TensorBoard callback writes TF2 summaries, which the reader keeps as tensors."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.util import tensor_util
+
+    acc = ea.EventAccumulator(str(log_dir), size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
+    acc.Reload()
+    if tag in acc.Tags()["scalars"]:
+        return {e.step: e.value for e in acc.Scalars(tag)}
+    if tag not in acc.Tags()["tensors"]:
+        return {}
+    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto))
+            for e in acc.Tensors(tag)}
+
+
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
     """Run Python code in a fresh interpreter (an independent process, as a user would)."""
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,

@@ -194,8 +194,14 @@ def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple
     return out
 
 
-def options_from_params(p) -> dict[str, dict[str, Any]]:
-    """Each strategy's options from the merge stage's parameters (`params.MergeParams`)."""
+def options_from_params(p, *, run=None) -> dict[str, dict[str, Any]]:
+    """Each strategy's options from the merge stage's parameters (`params.MergeParams`).
+
+    With the run folder `run` and `p.tensorboard`, `concat` and `distill` log their training
+    to `tensorboard/<strategy>/` in it.
+    """
+    logs = {s: {"log_dir": str(run.tensorboard_dir(s))} if run is not None and p.tensorboard
+            else {} for s in ("concat", "distill")}
     return {
         "average": {"weights": p.weights},
         "weighted": {"shrinkage": p.weighted_shrinkage, "folds": p.weighted_folds},
@@ -204,11 +210,11 @@ def options_from_params(p) -> dict[str, dict[str, Any]]:
         "stacking": {"passthrough": p.stacking_passthrough, "folds": p.stacking_folds},
         "concat": {"epochs": p.concat_epochs, "learning_rate": p.concat_learning_rate,
                    "fine_tune_layers": p.concat_fine_tune_layers,
-                   "fine_tune_learning_rate": p.concat_fine_tune_learning_rate},
+                   "fine_tune_learning_rate": p.concat_fine_tune_learning_rate, **logs["concat"]},
         "soup": {"mode": p.soup_mode, "metric": p.soup_metric,
                  "ingredients": p.soup_ingredients},
         "distill": {"teacher": p.distill_teacher, "student": p.distill_student,
-                    "epochs": p.distill_epochs},
+                    "epochs": p.distill_epochs, **logs["distill"]},
     }
 
 

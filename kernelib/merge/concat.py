@@ -44,14 +44,16 @@ def _copy(model):
 def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tuple | None = None,
                  seed: int = 0, epochs: int = 20, learning_rate: float = 1e-3,
                  batch_size: int = 64, patience: int = 3, fine_tune_layers: int = 0,
-                 fine_tune_learning_rate: float = 1e-4, name: str = "concat"):
+                 fine_tune_learning_rate: float = 1e-4, name: str = "concat",
+                 log_dir: str | None = None):
     """Concatenate the frozen members' features and fit a new softmax head on `train`.
 
     `val` drives early stopping (best weights restored). `fine_tune_layers=k` then trains
-    the last `k` weighted layers of each member too, at `fine_tune_learning_rate`.
+    the last `k` weighted layers of each member too, at `fine_tune_learning_rate`. With
+    `log_dir`, TensorBoard scalars go there (the fine-tuning phase into `fine_tune/`).
     """
     from kernelib.data import make_dataset
-    from kernelib.train import compile_model
+    from kernelib.train import compile_model, tensorboard_callbacks
 
     models = prepare(members, "concat")
     if not isinstance(fine_tune_layers, int) or fine_tune_layers < 0:
@@ -73,19 +75,20 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
                                  name="head")(feats)
     model = keras.Model(inputs, outputs, name=name)
 
-    def fit(lr: float) -> None:
+    def fit(lr: float, logs: str | None) -> None:
         compile_model(model, learning_rate=lr)
         model.fit(
             make_dataset(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed),
             validation_data=make_dataset(x_val, y_val, batch_size=batch_size),
             epochs=epochs, verbose=0, shuffle=False,
             callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                     restore_best_weights=True)],
+                                                     restore_best_weights=True),
+                       *tensorboard_callbacks(logs)],
         )
 
-    fit(learning_rate)
+    fit(learning_rate, log_dir)
     if fine_tune_layers:
         for e in extractors:
             unfreeze_last(e, fine_tune_layers)
-        fit(fine_tune_learning_rate)
+        fit(fine_tune_learning_rate, log_dir and f"{log_dir}/fine_tune")
     return model

@@ -59,11 +59,15 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
                   val: tuple | None = None, seed: int = 0, teacher: Any = "weighted",
                   student: str = "cnn", epochs: int = 30, learning_rate: float = 1e-3,
                   batch_size: int = 64, patience: int = 5, alpha: float = 0.5,
-                  mixup_copies: int = 1, name: str = "distill"):
-    """Train a `student` zoo recipe on the soft targets of the `teacher` merged model."""
+                  mixup_copies: int = 1, name: str = "distill", log_dir: str | None = None):
+    """Train a `student` zoo recipe on the soft targets of the `teacher` merged model.
+
+    With `log_dir`, the student's TensorBoard scalars go there.
+    """
     import keras
 
     from kernelib import data, zoo
+    from kernelib.train import tensorboard_callbacks
 
     models = prepare(members, "distill")
     k = n_classes(models)
@@ -88,6 +92,7 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
                                           batch_size=batch_size),
         epochs=epochs, verbose=0, shuffle=False,
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                 restore_best_weights=True)],
+                                                 restore_best_weights=True),
+                   *tensorboard_callbacks(log_dir)],
     )
     return model
