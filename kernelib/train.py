@@ -111,8 +111,10 @@ def compile_model(model, *, learning_rate: float, jit_compile: bool | str = "aut
 
 def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
         out_dir: str | Path, epochs: int, batch_size: int, learning_rate: float, patience: int,
-        seed: int = 0, jit_compile: bool | str = "auto"):
+        seed: int = 0, jit_compile: bool | str = "auto", augment: dict | None = None):
     """Train `model` with early stopping on val loss; write `history.csv` into `out_dir`.
+
+    `augment` (`data.read_augment`) transforms the training batches only, never val.
 
     Training resumes from the last finished epoch if a previous attempt was killed
     (`keras.callbacks.BackupAndRestore` in `out_dir/backup`). Returns the history DataFrame.
@@ -134,7 +136,7 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
         AtomicBackupAndRestore(str(out_dir / "backup")),
     ]
     model.fit(
-        make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
+        make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed, augment=augment),
         validation_data=make_dataset(*val, batch_size=batch_size),
         epochs=epochs, callbacks=callbacks, verbose=2, shuffle=False,
     )
@@ -154,14 +156,15 @@ def train_members(run, names, splits, *, epochs: int, batch_size: int, learning_
     from (the order of `load.members`).
     """
     from kernelib import members as km
+    from kernelib.data import read_augment
 
-    histories = {}
+    histories, augment = {}, read_augment(run.data)
     for name in names:
         model = km.build_member(run, name, n_classes=splits.n_classes)
         histories[name] = fit(model, splits.train, splits.val, out_dir=run.member_dir(name),
                               epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                               patience=patience, seed=km.spec(run, name)["seed"],
-                              jit_compile=jit_compile)
+                              jit_compile=jit_compile, augment=augment)
         km.save_model(model, run.member_model(name))
     return histories
 

@@ -193,19 +193,21 @@ def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple
     return out
 
 
-def options_from_params(p) -> dict[str, dict[str, Any]]:
-    """Each strategy's options from the merge stage's parameters (`params.MergeParams`)."""
+def options_from_params(p, *, augment: dict | None = None) -> dict[str, dict[str, Any]]:
+    """Each strategy's options from the merge stage's parameters (`params.MergeParams`);
+    `augment` (the run's `data.read_augment`) goes to the two that train on data."""
     return {
         "average": {"weights": p.weights},
         "select": {"size": p.select_size, "metric": p.select_metric},
         "stacking": {"passthrough": p.stacking_passthrough, "folds": p.stacking_folds},
         "concat": {"epochs": p.concat_epochs, "learning_rate": p.concat_learning_rate,
                    "fine_tune_layers": p.concat_fine_tune_layers,
-                   "fine_tune_learning_rate": p.concat_fine_tune_learning_rate},
+                   "fine_tune_learning_rate": p.concat_fine_tune_learning_rate,
+                   "augment": augment},
         "soup": {"mode": p.soup_mode, "metric": p.soup_metric,
                  "ingredients": p.soup_ingredients},
         "distill": {"teacher": p.distill_teacher, "student": p.distill_student,
-                    "epochs": p.distill_epochs},
+                    "epochs": p.distill_epochs, "augment": augment},
     }
 
 
