@@ -16,9 +16,10 @@ from kernelib.errors import ConfigError, DataError
 SIZE = 16  # digits' 8x8 upscaled, written at the size the config asks for
 
 
-def write_digits_folder(root: Path, *, test_every: int = 5) -> Path:
+def write_digits_folder(root: Path, *, test_every: int = 5,
+                        names: dict[int, str] | None = None) -> Path:
     """scikit-learn's digits as grey PNGs in class folders: every `test_every`-th image in
-    test/, the others in train/."""
+    test/, the others in train/; `names` renames some class folders."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -26,7 +27,7 @@ def write_digits_folder(root: Path, *, test_every: int = 5) -> Path:
     images = (np.kron(bunch.images, np.ones((2, 2))) * (255 / 16)).round().astype("uint8")
     for i, (img, label) in enumerate(zip(images, bunch.target, strict=True)):
         part = "test" if i % test_every == 0 else "train"
-        folder = root / part / str(label)
+        folder = root / part / (names or {}).get(int(label), str(label))
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img, "L").save(folder / f"{i:04d}.png")
     return root
@@ -60,7 +61,7 @@ def run_config(config: Path, tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("folder")
-    write_digits_folder(tmp / "digits")
+    write_digits_folder(tmp / "digits", names={7: "<b>7"})  # folder names are user text
     spec = {"kind": "folder", "path": "digits", "image_size": [SIZE, SIZE],
             "color_mode": "grayscale"}  # relative to the config's folder
     return {"tmp": tmp, "run": run_config(smoke_config(spec, tmp), tmp)}
@@ -84,6 +85,15 @@ def test_folder_run_keeps_the_given_test_split(folder_run):
     assert card["splits"] == {"train": "given", "val": "carved", "test": "given"}
     assert card["input_shape"] == [SIZE, SIZE, 1]
     assert "val (carved)" in (run / "notebooks" / "02_preprocess.ipynb").read_text()
+
+
+@pytest.mark.e2e
+def test_class_names_from_folders_are_escaped_on_every_page(folder_run):
+    pages = sorted((folder_run["tmp"] / "reports").rglob("*.html"))
+    assert pages
+    assert any("&lt;b&gt;7" in p.read_text() for p in pages)
+    for page in pages:
+        assert "<b>7" not in page.read_text(), page.name
 
 
 @pytest.mark.e2e
@@ -347,3 +357,14 @@ def test_bad_data_stops_the_run_before_any_stage(tmp_path):
     assert proc.returncode != 0 and "class 'dog' has 2 training image" in proc.stderr
     assert str(root) in proc.stderr
     assert not (tmp_path / "runs").exists(), "nothing half-written"
+
+
+def test_concat_and_distill_train_on_augmented_batches(tiny_members, splits):
+    from kernelib import merge
+
+    spec = data.augment_spec({"width_shift_range": 0.2}, splits.x_train)
+    for strategy, opts in (("concat", {"epochs": 1}), ("distill", {"epochs": 1,
+                                                                   "student": "mlp"})):
+        model = merge.merge(tiny_members, strategy, train=splits.train, val=splits.val, seed=0,
+                            augment=spec, **opts)
+        assert not [la for la in model._flatten_layers() if "Random" in type(la).__name__]
