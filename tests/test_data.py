@@ -182,3 +182,19 @@ def test_given_splits_are_kept_and_only_missing_ones_carved():
     train_rows = {r.tobytes() for r in x[:105]}
     assert all(r.tobytes() in train_rows for r in s.x_val)
     assert s.origin == {"train": "given", "val": "carved", "test": "given"}
+
+
+@pytest.mark.parametrize("x, stored", [
+    (np.arange(24, dtype="float32").reshape(6, 2, 2, 1) * 10, "x_uint8"),  # whole 0..255
+    (np.arange(24, dtype="float32").reshape(6, 2, 2, 1) / 7, "x"),  # fractions stay float32
+    (np.arange(24, dtype="float32").reshape(6, 2, 2, 1) * 20, "x"),  # above 255
+])
+def test_raw_pixels_are_stored_losslessly(tmp_path, x, stored):
+    ds = data.Dataset("t", x, np.arange(6) % 2, ["a", "b"])
+    data.save_dataset(ds, tmp_path / "raw.npz")
+    with np.load(tmp_path / "raw.npz") as f:
+        assert stored in f.files
+    back = data.read_dataset(tmp_path / "raw.npz")
+    assert back.x.dtype == np.float32
+    np.testing.assert_array_equal(back.x, x)
+    np.testing.assert_array_equal(back.part, ["train"] * 6)

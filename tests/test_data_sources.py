@@ -73,7 +73,7 @@ def test_folder_run_keeps_the_given_test_split(folder_run):
     with np.load(run / "data" / "splits.npz") as f:
         paths = {p: {str(Path(s).relative_to(root)) for s in f[f"x_{p}_paths"]}
                  for p in data.PARTS}
-        assert "x_train" not in f, "a folder is an index, not decoded pixels"
+        assert not {"x_train", "x_train_uint8"} & set(f.files), "an index, not decoded pixels"
     on_disk = {p: {str(f.relative_to(root)) for f in (root / p).rglob("*.png")}
                for p in ("train", "test")}
     assert paths["test"] == on_disk["test"]  # exactly the files of test/
@@ -131,12 +131,13 @@ def test_arrays_run_keeps_the_given_test_split(tmp_path):
     np.savez(tmp_path / "digits.npz", x=x[300:], y=y[300:], x_test=x[:300], y_test=y[:300],
              class_names=np.array([f"d{i}" for i in range(10)]))
     run = run_config(smoke_config({"kind": "arrays", "path": "digits.npz"}, tmp_path), tmp_path)
-    with np.load(run / "data" / "splits.npz") as f:
-        np.testing.assert_array_equal(f["x_test"][..., 0], x[:300])
-        np.testing.assert_array_equal(f["y_test"], y[:300])
-        rows = {r.tobytes() for r in x[:300].astype("float32")}
-        assert not [r for r in f["x_val"][..., 0] if r.tobytes() in rows]
-        assert len(f["y_train"]) + len(f["y_val"]) == len(y) - 300
+    s = data.read_splits(run / "data" / "splits.npz")
+    np.testing.assert_array_equal(s.x_test[..., 0], x[:300])
+    np.testing.assert_array_equal(s.y_test, y[:300])
+    rows = {r.tobytes() for r in x[:300].astype("float32")}
+    assert not [r for r in s.x_val[..., 0] if r.tobytes() in rows]
+    assert len(s.y_train) + len(s.y_val) == len(y) - 300
+    assert s.origin == {"train": "given", "val": "carved", "test": "given"}
     card = json.loads((run / "data" / "card.json").read_text())
     assert card["splits"]["test"] == "given" and card["class_names"][0] == "d0"
 
@@ -368,3 +369,16 @@ def test_concat_and_distill_train_on_augmented_batches(tiny_members, splits):
         model = merge.merge(tiny_members, strategy, train=splits.train, val=splits.val, seed=0,
                             augment=spec, **opts)
         assert not [la for la in model._flatten_layers() if "Random" in type(la).__name__]
+
+
+def test_a_folder_with_train_val_and_test_is_used_as_given(tmp_path):
+    for part, n in (("train", 5), ("val", 3), ("test", 4)):
+        _classes(tmp_path / "images" / part, {"cat": n, "dog": n})
+    ds = data.load_dataset({"kind": "folder", "path": str(tmp_path / "images"),
+                            "image_size": [8, 8], "color_mode": "grayscale"})
+    s = data.split(ds, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert s.origin == dict.fromkeys(data.PARTS, "given")
+    for part, n in (("train", 5), ("val", 3), ("test", 4)):
+        paths = getattr(s, f"x_{part}").paths
+        assert len(paths) == 2 * n and all(f"/images/{part}/" in p for p in paths)
+    np.testing.assert_array_equal(s.y_val, [0, 0, 0, 1, 1, 1])

@@ -181,7 +181,7 @@ def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple
     for s in wanted:
         fit = _fitter(s, (options or {}).get(s, {}), seed=seed, x=x_val)
         oof = np.zeros(probs.shape[1:])
-        for fit_rows, held_out in cv.split(x_val.reshape(len(x_val), -1), y_val):
+        for fit_rows, held_out in cv.split(np.zeros((len(y_val), 1)), y_val):  # labels only
             combine = fit(probs[:, fit_rows], y_val[fit_rows], fit_rows)
             pred = combine(probs[:, held_out], held_out)
             if s in calibrate:
