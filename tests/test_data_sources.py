@@ -130,7 +130,9 @@ def test_arrays_run_keeps_the_given_test_split(tmp_path):
     x, y = bunch.images.astype("uint8"), bunch.target  # (N, 8, 8): any numeric dtype
     np.savez(tmp_path / "digits.npz", x=x[300:], y=y[300:], x_test=x[:300], y_test=y[:300],
              class_names=np.array([f"d{i}" for i in range(10)]))
-    run = run_config(smoke_config({"kind": "arrays", "path": "digits.npz"}, tmp_path), tmp_path)
+    config = smoke_config({"kind": "arrays", "path": "digits.npz"}, tmp_path,
+                          augment={"width_shift_range": 0.1, "rotation_range": 10})
+    run = run_config(config, tmp_path)
     s = data.read_splits(run / "data" / "splits.npz")
     np.testing.assert_array_equal(s.x_test[..., 0], x[:300])
     np.testing.assert_array_equal(s.y_test, y[:300])
@@ -140,6 +142,15 @@ def test_arrays_run_keeps_the_given_test_split(tmp_path):
     assert s.origin == {"train": "given", "val": "carved", "test": "given"}
     card = json.loads((run / "data" / "card.json").read_text())
     assert card["splits"]["test"] == "given" and card["class_names"][0] == "d0"
+    augment = json.loads((run / "data" / "augment.json").read_text())
+    assert augment == {"settings": {"width_shift_range": 0.1, "rotation_range": 10.0},
+                       "value_range": [0.0, 16.0]}
+    # training-only: no Random* layer in any saved member, merged or exported model
+    import zipfile
+
+    for f in [*run.glob("members/*/model.keras"), *run.glob("merged/*.keras"),
+              *run.glob("export/*.keras")]:
+        assert "Random" not in zipfile.ZipFile(f).read("config.json").decode(), f
 
 
 # ---------------------------------------------------------------------------- streaming
@@ -382,3 +393,20 @@ def test_a_folder_with_train_val_and_test_is_used_as_given(tmp_path):
         paths = getattr(s, f"x_{part}").paths
         assert len(paths) == 2 * n and all(f"/images/{part}/" in p for p in paths)
     np.testing.assert_array_equal(s.y_val, [0, 0, 0, 1, 1, 1])
+
+
+def test_the_load_cache_key_follows_the_dataset_files(tmp_path):
+    from conftest import ROOT
+    from kernelib import params, pipeline
+
+    _classes(tmp_path / "images", {"cat": 3, "dog": 3})
+    config = params.validate_config({"load": {"dataset": {
+        "kind": "folder", "path": str(tmp_path / "images"), "image_size": [8, 8]}}})
+
+    def key() -> str:
+        return pipeline.plan_keys(config, tmp_path / "run", nb_dir=ROOT / "notebooks")["load"]
+
+    first = key()
+    assert key() == first
+    _png(tmp_path / "images" / "cat" / "0.png", 200, size=9)  # the same name, other pixels
+    assert key() != first
