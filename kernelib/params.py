@@ -470,4 +470,7 @@ def describe(stage: str | None = None) -> list[dict[str, Any]]:
 
 
 def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("kernelib.params.", "")
+    import re
+
+    name = str(annotation).replace("typing.", "").replace("kernelib.params.", "")
+    return re.sub(r"Annotated\[(.*?), FieldInfo\(.*?\)\]", r"\1", name)  # drop pydantic's tags
