@@ -285,6 +285,10 @@ class Images:
     def astype(self, dtype, copy: bool = True) -> np.ndarray | Images:
         return self if np.dtype(dtype) == self.dtype else np.asarray(self).astype(dtype)
 
+    def reshape(self, *shape) -> np.ndarray:
+        # the pixels as a matrix (stacking's passthrough): decodes every row
+        return np.asarray(self).reshape(*shape)
+
 
 def decode_image(path: str | Path, image_size: tuple[int, int], channels: int) -> np.ndarray:
     """One image file as (H, W, C) float32, decoded exactly as the tf.data pipeline does."""

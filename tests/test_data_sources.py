@@ -410,3 +410,27 @@ def test_the_load_cache_key_follows_the_dataset_files(tmp_path):
     assert key() == first
     _png(tmp_path / "images" / "cat" / "0.png", 200, size=9)  # the same name, other pixels
     assert key() != first
+
+
+def test_strategies_fitted_on_a_folder_equal_those_fitted_on_its_decoded_arrays(tiny_members,
+                                                                               small_folder):
+    from kernelib import evaluate, merge
+
+    ds = data.load_dataset({"kind": "folder", "path": str(small_folder), "image_size": [8, 8],
+                            "color_mode": "grayscale"})
+    s = data.split(ds, val_fraction=0.2, test_fraction=0.2, seed=0)
+    x_val, x_test = s.x_val.subset(np.arange(200)), s.x_test.subset(np.arange(100))
+    y_val = s.y_val[:200]
+    strategies = ["weighted", "select", "stacking"]
+    opts = {"select": {"size": 5}, "stacking": {"passthrough": True, "folds": 3}}
+    got, want = ({n: evaluate.predict_proba(m, x_test) for n, m in merge.merge_many(
+        tiny_members, strategies, val=(xv, y_val), seed=0, options=opts).items()}
+        for xv in (x_val, np.asarray(x_val)))
+    for name in strategies:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6, err_msg=name)
+    oof = merge.out_of_fold(tiny_members, strategies, val=(x_val, y_val), seed=0, options=opts,
+                            folds=3)
+    ref = merge.out_of_fold(tiny_members, strategies, val=(np.asarray(x_val), y_val), seed=0,
+                            options=opts, folds=3)
+    for name in strategies:
+        np.testing.assert_allclose(oof[name], ref[name], atol=1e-6, err_msg=name)
