@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name kernelib --display-name "kernelib (Python 3)" >/dev/null
 	@touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) datasets
 
 run: $(STAMP) datasets
 	$(BIN)/kernelib run $(CONFIG)

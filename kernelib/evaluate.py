@@ -36,10 +36,10 @@ def predict_proba(model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     Eager calls instead of `model.predict`: the merge and evaluate stages call many models
     once each on small arrays, where `predict` would trace a new graph function per model.
     """
-    x = np.asarray(x, dtype="float32")
-    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False),
-                                      dtype="float64")
-                           for i in range(0, len(x), batch_size)])
+    from kernelib.data import batches  # an image folder's rows decode batch by batch
+
+    return np.concatenate([np.asarray(model(xb, training=False), dtype="float64")
+                           for xb in batches(x, batch_size)])
 
 
 def check_proba(p: np.ndarray, *, name: str, n_rows: int | None = None) -> np.ndarray:

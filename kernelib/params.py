@@ -7,7 +7,7 @@ YAML config is validated against `Config` before anything runs. Unknown keys are
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,9 +24,13 @@ BACKBONES = tuple(zoo.BACKBONES)  # the zoo is the one list (it imports no Tenso
 RECIPES = (*zoo.RECIPES, *BACKBONES)
 
 
-class _Strict(BaseModel):
+class _Exact(BaseModel):
+    """Unknown keys refused (the base of the data specs, whose 'kind' discriminates)."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+
+class _Strict(_Exact):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, value: Any, info) -> Any:
@@ -86,6 +90,45 @@ class MemberSpec(_Strict):
         return self
 
 
+class FolderSpec(_Exact):
+    """An image folder: one sub-folder per class, or train/ (test/, val/) holding them."""
+
+    kind: Literal["folder"]
+    path: str = Field(min_length=1, description="the folder (relative to the config's folder)")
+    image_size: tuple[int, int] = Field(description="[height, width] every image is resized to")
+    color_mode: Literal["rgb", "grayscale"] = Field("rgb", description="3 or 1 channels")
+    class_names: list[str] | None = Field(
+        None, min_length=2, description="label order (each class folder once); None = the "
+                                        "sorted folder names")
+    skip_unreadable: bool = Field(False, description="skip files that are not readable images "
+                                  "(listed in the data card) instead of refusing the folder")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> FolderSpec:
+        if not all(1 <= v <= 4096 for v in self.image_size):
+            raise ValueError(f"image_size must be [height, width], each 1..4096; received "
+                             f"{list(self.image_size)}")
+        return self
+
+
+class ArraysSpec(_Exact):
+    """An .npz file: x, y, optional class_names, x_val/y_val, x_test/y_test."""
+
+    kind: Literal["arrays"]
+    path: str = Field(min_length=1, description="the .npz file (relative to the config's folder)")
+
+
+DatasetSpec = Annotated[FolderSpec | ArraysSpec, Field(discriminator="kind")]
+
+
+def dataset_spec(value: Any) -> str | FolderSpec | ArraysSpec:
+    """A `load.dataset` value validated on its own (a built-in name or a spec mapping)."""
+    try:
+        return LoadParams.model_validate({"dataset": value}).dataset
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, "load.dataset")) from None
+
+
 class CommonParams(_Strict):
     """Parameters every stage notebook takes."""
 
@@ -99,7 +142,9 @@ class CommonParams(_Strict):
 class LoadParams(_Strict):
     """Stage 1: which data and which members."""
 
-    dataset: Literal[data.DATASETS] = Field("digits", description="built-in dataset name")
+    dataset: Literal[data.DATASETS] | DatasetSpec = Field(
+        "digits", description="a built-in name, {kind: folder, path, image_size, color_mode, "
+                              "class_names, skip_unreadable} or {kind: arrays, path}")
     train_rows: int | None = Field(
         None, ge=1, description="keep a seeded, stratified subset of this many training rows "
                                 "(before val is carved from them); given val/test splits stay "
@@ -145,11 +190,46 @@ class LoadParams(_Strict):
         return self
 
 
+class AugmentParams(_Strict):
+    """Training-time augmentation in ImageDataGenerator's words, run by Keras 3 Random* layers
+    in the tf.data training pipeline only (never in a merged or exported model)."""
+
+    rotation_range: float = Field(0.0, ge=0.0, le=180.0, description="degrees, both ways "
+                                  "(RandomRotation)")
+    width_shift_range: float = Field(0.0, ge=0.0, lt=1.0, description="share of the width, both "
+                                     "ways (RandomTranslation)")
+    height_shift_range: float = Field(0.0, ge=0.0, lt=1.0, description="share of the height, "
+                                      "both ways (RandomTranslation)")
+    shear_range: float = Field(0.0, ge=0.0, le=45.0, description="shear angle in degrees, both "
+                               "ways (RandomShear, x_factor = tan(angle))")
+    zoom_range: float = Field(0.0, ge=0.0, lt=1.0, description="zoom in or out by up to this "
+                              "share (RandomZoom)")
+    horizontal_flip: bool = Field(False, description="flip left-right at random (RandomFlip)")
+    vertical_flip: bool = Field(False, description="flip up-down at random (RandomFlip)")
+    brightness_range: tuple[float, float] | None = Field(
+        None, description="[low, high] around 1, e.g. [0.8, 1.2]: adds (factor - 1) x the pixel "
+                          "range (RandomBrightness; additive, where ImageDataGenerator scales)")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="contrast factor (RandomContrast)")
+    erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing a random "
+                           "patch (RandomErasing)")
+
+    @model_validator(mode="after")
+    def _brightness(self) -> AugmentParams:
+        b = self.brightness_range
+        if b is not None and not 0.0 <= b[0] <= 1.0 <= b[1] <= 2.0:
+            raise ValueError(f"brightness_range must be [low, high] with 0 <= low <= 1 <= high "
+                             f"<= 2; received {list(b)}")
+        return self
+
+
 class PreprocessParams(_Strict):
-    """Stage 2: seeded stratified split and normalisation."""
+    """Stage 2: seeded stratified split, normalisation and training-time augmentation."""
 
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="share of rows for validation")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="share of rows for test")
+    augment: AugmentParams | None = Field(
+        None, description="augmentation of training batches (members, concat heads, distill "
+                          "students); None = none")
 
 
 class TrainSettings(_Strict):
@@ -435,4 +515,7 @@ def describe(stage: str | None = None) -> list[dict[str, Any]]:
 
 
 def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("kernelib.params.", "")
+    import re
+
+    name = str(annotation).replace("typing.", "").replace("kernelib.params.", "")
+    return re.sub(r"Annotated\[(.*?), FieldInfo\(.*?\)\]", r"\1", name)  # drop pydantic's tags

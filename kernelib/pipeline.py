@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from kernelib import io, params, paths, report
+from kernelib import data, io, params, paths, report
 from kernelib.errors import ConfigError, PipelineError, StageFailedError
 from kernelib.rundir import DEVICE_FILE, RunDir, kernel_env
 
@@ -86,17 +86,20 @@ def resolve_member_paths(config: params.Config, base: Path) -> params.Config:
     for m in data["load"]["members"]:
         if m.get("path"):
             m["path"] = str((base / m["path"]).expanduser().resolve())
+    if isinstance(data["load"]["dataset"], dict):  # a folder or an array file: the same rule
+        spec = data["load"]["dataset"]
+        spec["path"] = str((base / spec["path"]).expanduser().resolve())
     return params.Config.model_validate(data)
 
 
-def check_member_files(config: params.Config) -> None:
+def check_member_files(config: params.Config, info: dict[str, Any] | None = None) -> None:
     """Before any run folder exists: every member file loads and fits the dataset."""
     given = [m for m in config.load.members if m.path]
     if not given:
         return
     from kernelib import data, members
 
-    info = data.dataset_info(config.load.dataset)
+    info = info or data.dataset_info(config.load.dataset)
     for spec in given:
         member = members.load_member(spec.path, name=spec.name)
         members.check_compatible([member], input_shape=info["input_shape"],
@@ -185,6 +188,8 @@ def step_key(step: Step, *, notebook: str, sources: str, upstream: dict[str, str
         for m in p.get("members", []):
             if m.get("path") and Path(m["path"]).is_file():
                 given[m["name"]] = io.sha256(m["path"])
+        if isinstance(p.get("dataset"), dict):
+            given["dataset"] = data.source_hash(p["dataset"]["path"])
     return _digest({"label": step.label, "notebook": notebook, "params": p, "sources": sources,
                     "versions": env, "given_files": given, "upstream": upstream})
 
@@ -416,7 +421,8 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
         {s.label for s in steps} if force else set())
     only_mode = bool(only)
     run_root, report_dir = preflight(runs_dir, reports_dir, run_id)
-    check_member_files(config)
+    check_member_files(config, data.check_dataset(config.load.dataset,
+                                                  train_rows=config.load.train_rows))
     nb_dir = Path(nb_dir) if nb_dir else notebooks_dir()
     os.environ.update(kernel_env())  # kernels inherit it
     rd = RunDir(run_root)

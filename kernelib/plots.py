@@ -228,3 +228,24 @@ def sample_grid(x: np.ndarray, y: np.ndarray, class_names: list[str], *, n: int 
         ax.axis("off")
     fig.suptitle("Sample inputs with their labels")
     return fig
+
+
+def augmentation_grid(draws: np.ndarray):
+    """Augmentation preview: one column per row of data, the original on top, then one random
+    draw per line (`data.augment_draws`)."""
+    n_draws, n_rows = draws.shape[:2]
+    fig = _figure(figsize=(n_rows * 1.0, n_draws * 1.0))
+    axes = np.asarray(fig.subplots(n_draws, n_rows, squeeze=False))
+    lo, hi = float(draws[0].min()), float(draws[0].max())
+    for d in range(n_draws):
+        for r in range(n_rows):
+            img = draws[d, r]
+            ax = axes[d, r]
+            if img.shape[-1] == 1:
+                ax.imshow(img[..., 0], cmap="gray_r", vmin=lo, vmax=hi)
+            else:
+                ax.imshow(np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1))
+            ax.axis("off")
+        axes[d, 0].set_title("original" if d == 0 else f"draw {d}", fontsize=7, loc="left")
+    fig.suptitle("Training-time augmentation: the same rows, several draws")
+    return fig

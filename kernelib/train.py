@@ -121,8 +121,11 @@ def tensorboard_callbacks(log_dir: str | Path | None) -> list:
 
 def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
         out_dir: str | Path, epochs: int, batch_size: int, learning_rate: float, patience: int,
-        seed: int = 0, jit_compile: bool | str = "auto", log_dir: str | Path | None = None):
+        seed: int = 0, jit_compile: bool | str = "auto", augment: dict | None = None,
+        log_dir: str | Path | None = None):
     """Train `model` with early stopping on val loss; write `history.csv` into `out_dir`.
+
+    `augment` (`data.read_augment`) transforms the training batches only, never val.
 
     Training resumes from the last finished epoch if a previous attempt was killed
     (`keras.callbacks.BackupAndRestore` in `out_dir/backup`). With `log_dir`, TensorBoard
@@ -146,7 +149,7 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
         *tensorboard_callbacks(log_dir),
     ]
     model.fit(
-        make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed),
+        make_dataset(*train, batch_size=batch_size, shuffle=True, seed=seed, augment=augment),
         validation_data=make_dataset(*val, batch_size=batch_size),
         epochs=epochs, callbacks=callbacks, verbose=2, shuffle=False,
     )
@@ -169,9 +172,9 @@ def train_members(run, names, splits, *, epochs: int, batch_size: int, learning_
     `tensorboard/<name>/`.
     """
     from kernelib import members as km
-    from kernelib.data import bag_rows
+    from kernelib.data import bag_rows, read_augment
 
-    histories = {}
+    histories, augment = {}, read_augment(run.data)
     for name in names:
         model = km.build_member(run, name, n_classes=splits.n_classes)
         s = km.spec(run, name)
@@ -180,6 +183,7 @@ def train_members(run, names, splits, *, epochs: int, batch_size: int, learning_
                               out_dir=run.member_dir(name), epochs=epochs,
                               batch_size=batch_size, learning_rate=learning_rate,
                               patience=patience, seed=s["seed"], jit_compile=jit_compile,
+                              augment=augment,
                               log_dir=run.tensorboard_dir(name) if tensorboard else None)
         km.save_model(model, run.member_model(name))
     return histories

@@ -182,7 +182,7 @@ def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple
     for s in wanted:
         fit = _fitter(s, (options or {}).get(s, {}), seed=seed, x=x_val)
         oof = np.zeros(probs.shape[1:])
-        for fit_rows, held_out in cv.split(x_val.reshape(len(x_val), -1), y_val):
+        for fit_rows, held_out in cv.split(np.zeros((len(y_val), 1)), y_val):  # labels only
             combine = fit(probs[:, fit_rows], y_val[fit_rows], fit_rows)
             pred = combine(probs[:, held_out], held_out)
             if s in calibrate:
@@ -194,11 +194,12 @@ def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple
     return out
 
 
-def options_from_params(p, *, run=None) -> dict[str, dict[str, Any]]:
+def options_from_params(p, *, run=None, augment: dict | None = None) -> dict[str, dict[str, Any]]:
     """Each strategy's options from the merge stage's parameters (`params.MergeParams`).
 
     With the run folder `run` and `p.tensorboard`, `concat` and `distill` log their training
-    to `tensorboard/<strategy>/` in it.
+    to `tensorboard/<strategy>/` in it; `augment` (the run's `data.read_augment`) goes to the
+    two that train on data.
     """
     logs = {s: {"log_dir": str(run.tensorboard_dir(s))} if run is not None and p.tensorboard
             else {} for s in ("concat", "distill")}
@@ -210,11 +211,12 @@ def options_from_params(p, *, run=None) -> dict[str, dict[str, Any]]:
         "stacking": {"passthrough": p.stacking_passthrough, "folds": p.stacking_folds},
         "concat": {"epochs": p.concat_epochs, "learning_rate": p.concat_learning_rate,
                    "fine_tune_layers": p.concat_fine_tune_layers,
-                   "fine_tune_learning_rate": p.concat_fine_tune_learning_rate, **logs["concat"]},
+                   "fine_tune_learning_rate": p.concat_fine_tune_learning_rate,
+                   "augment": augment, **logs["concat"]},
         "soup": {"mode": p.soup_mode, "metric": p.soup_metric,
                  "ingredients": p.soup_ingredients},
         "distill": {"teacher": p.distill_teacher, "student": p.distill_student,
-                    "epochs": p.distill_epochs, **logs["distill"]},
+                    "epochs": p.distill_epochs, "augment": augment, **logs["distill"]},
     }
 
 

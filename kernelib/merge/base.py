@@ -77,7 +77,9 @@ def check_xy(data: Any, what: str, strategy: str, n_classes: int, *,
         x, y = data
     except (TypeError, ValueError):
         raise MergeError(f"'{what}' must be a pair (x, y); received {type(data).__name__}") from None
-    x, y = np.asarray(x), np.asarray(y)
+    from kernelib.data import Images  # an image folder's rows stay files, decoded per batch
+
+    x, y = (x if isinstance(x, Images) else np.asarray(x)), np.asarray(y)
     if len(x) != len(y) or len(y) == 0:
         raise MergeError(f"'{what}' needs as many labels as rows (and at least one); "
                          f"received {len(x)} rows and {len(y)} labels.")

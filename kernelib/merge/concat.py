@@ -44,13 +44,14 @@ def _copy(model):
 def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tuple | None = None,
                  seed: int = 0, epochs: int = 20, learning_rate: float = 1e-3,
                  batch_size: int = 64, patience: int = 3, fine_tune_layers: int = 0,
-                 fine_tune_learning_rate: float = 1e-4, name: str = "concat",
-                 log_dir: str | None = None):
+                 fine_tune_learning_rate: float = 1e-4, augment: dict | None = None,
+                 name: str = "concat", log_dir: str | None = None):
     """Concatenate the frozen members' features and fit a new softmax head on `train`.
 
     `val` drives early stopping (best weights restored). `fine_tune_layers=k` then trains
-    the last `k` weighted layers of each member too, at `fine_tune_learning_rate`. With
-    `log_dir`, TensorBoard scalars go there (the fine-tuning phase into `fine_tune/`).
+    the last `k` weighted layers of each member too, at `fine_tune_learning_rate`.
+    `augment` (`data.read_augment`) transforms the training batches (never part of the model).
+    With `log_dir`, TensorBoard scalars go there (the fine-tuning phase into `fine_tune/`).
     """
     from kernelib.data import make_dataset
     from kernelib.train import compile_model, tensorboard_callbacks
@@ -78,7 +79,8 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
     def fit(lr: float, logs: str | None) -> None:
         compile_model(model, learning_rate=lr)
         model.fit(
-            make_dataset(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed),
+            make_dataset(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed,
+                         augment=augment),
             validation_data=make_dataset(x_val, y_val, batch_size=batch_size),
             epochs=epochs, verbose=0, shuffle=False,
             callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,

@@ -59,10 +59,11 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
                   val: tuple | None = None, seed: int = 0, teacher: Any = "weighted",
                   student: str = "cnn", epochs: int = 30, learning_rate: float = 1e-3,
                   batch_size: int = 64, patience: int = 5, alpha: float = 0.5,
-                  mixup_copies: int = 1, name: str = "distill", log_dir: str | None = None):
-    """Train a `student` zoo recipe on the soft targets of the `teacher` merged model.
-
-    With `log_dir`, the student's TensorBoard scalars go there.
+                  mixup_copies: int = 1, augment: dict | None = None, name: str = "distill",
+                  log_dir: str | None = None):
+    """Train a `student` zoo recipe on the soft targets of the `teacher` merged model;
+    `augment` (`data.read_augment`) transforms its training batches. With `log_dir`, the
+    student's TensorBoard scalars go there.
     """
     import keras
 
@@ -87,7 +88,8 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="categorical_crossentropy", metrics=["accuracy"])
     model.fit(
-        data.make_dataset(inputs, targets, batch_size=batch_size, shuffle=True, seed=seed),
+        data.make_dataset(inputs, targets, batch_size=batch_size, shuffle=True, seed=seed,
+                          augment=augment),
         validation_data=data.make_dataset(x_val, np.eye(k, dtype="float32")[y_val],
                                           batch_size=batch_size),
         epochs=epochs, verbose=0, shuffle=False,
