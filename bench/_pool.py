@@ -79,3 +79,28 @@ def export_dir(work: Path) -> Path:
     when it does)."""
     out = work / "export"
     return out if (out / "exports.json").is_file() else build(work)["export"]
+
+
+def wide_export_dir(work: Path) -> Path:
+    """A wide MLP (784-2048-2048-10, 8.4M weights, 1 epoch) exported as `wide`: at batch 1 it
+    streams all its weights per row, so unlike the pool it gains from batching."""
+    out = work / "wide"
+    if (out / "exports.json").is_file():
+        return out
+    import keras
+
+    from kernelib import export, io, train
+
+    x, y, xt, yt = data()
+    train.setup(seed=0, deterministic=False)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Flatten(),
+                              keras.layers.Dense(2048, activation="relu"),
+                              keras.layers.Dense(2048, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")], name="wide")
+    train.fit(model, (x, y), (xt[:500], yt[:500]), out_dir=work / "fit" / "wide", epochs=1,
+              batch_size=128, learning_rate=1e-3, patience=1)
+    manifest = export.export(model, out, ["saved_model", "tflite", "onnx"], name="wide",
+                             test=(xt[:500], yt[:500]), repeats=10, overwrite=True)
+    io.write_json(out / "exports.json", manifest.records())
+    return out

@@ -2,8 +2,8 @@
 
     make hey && .venv/bin/python bench/serve.py [--work DIR] [--seconds S]
 
-Serves the benches' five-member 28x28 model (bench/_pool.py) and sends one-row TF Serving REST
-requests. Each load is bounded in time (`hey -z`, 5 s per level), hence in requests, and killed
+Serves the benches' five-member 28x28 model (bench/_pool.py), then a wide MLP that gains from
+batching, and sends one-row TF Serving REST requests. Each load is bounded in time (`hey -z`, 5 s per level), hence in requests, and killed
 past 65 s. Next to it, the same row through the same runtime in this process: the server's
 overhead per request at concurrency 1, and its throughput as a fraction of the runtime's (one
 row per call unbatched, 64 rows per call batched).
@@ -66,13 +66,13 @@ def hey(url: str, body: Path, concurrency: int, seconds: float) -> dict:
             "p50": 1e3 * float(pct["50"]), "p99": 1e3 * float(pct["99"])}
 
 
-def in_process(export: Path, x: np.ndarray, repeats: int = 300) -> tuple:
+def in_process(export: Path, name: str, x: np.ndarray, repeats: int = 100) -> tuple:
     """(runtime name, median seconds of one batch-1 call, of one 64-row call)."""
     from kernelib.repository import Repository
 
     repo = Repository(export)
     repo.scan(first=True)
-    v = repo.served["pool"]
+    v = repo.served[name]
     out = []
     for rows in (x, np.repeat(x, 64, axis=0)):
         for _ in range(5):
@@ -86,24 +86,17 @@ def in_process(export: Path, x: np.ndarray, repeats: int = 300) -> tuple:
     return (v.fmt, *out)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--work", default="/tmp/kernelib-bench", help="model cache folder")
-    ap.add_argument("--seconds", type=float, default=5, help="length of each load (hey -z)")
-    args = ap.parse_args()
-    if shutil.which("hey") is None:
-        raise SystemExit("hey not found: `make hey` installs Debian's package")
-    export = _pool.export_dir(Path(args.work))
-    x = np.load(export.parent / "row.npy") if (export.parent / "row.npy").is_file() else None
-    if x is None:
-        x = _pool.data()[2][:1]
-        np.save(export.parent / "row.npy", x)
-    body = export.parent / "row.json"
+def load_test(name: str, export: Path, work: Path, seconds: float) -> None:
+    """The six loads on one model, and the in-process reference, printed as a table."""
+    if not (work / "row.npy").is_file():
+        np.save(work / "row.npy", _pool.data()[2][:1])
+    x = np.load(work / "row.npy")
+    body = work / "row.json"
     body.write_text(json.dumps({"instances": x.tolist()}))
-    fmt, one_s, batch_s = in_process(export, x)
-    print(f"in-process {fmt}: 1 row {1e3 * one_s:.2f} ms ({1 / one_s:,.0f} rows/s), 64 rows "
-          f"{64 / batch_s:,.0f} rows/s: batching can gain at most {one_s * 64 / batch_s:.1f}× "
-          "in runtime time\n")
+    fmt, one_s, batch_s = in_process(export, name, x)
+    print(f"\n== model '{name}', in-process {fmt}: 1 row {1e3 * one_s:.2f} ms ({1 / one_s:,.0f} "
+          f"rows/s), 64 rows {64 / batch_s:,.0f} rows/s: batching can gain at most "
+          f"{one_s * 64 / batch_s:.1f}× in runtime time")
     print(f"{'batching':<20}{'c':>4}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'req/s vs runtime':>18}")
     results = {}
@@ -112,8 +105,7 @@ def main() -> int:
         proc, url = start(export, *flags)
         try:
             for c in (1, 8, 64):
-                r = results[label, c] = hey(f"{url}/v1/models/pool:predict", body, c,
-                                            args.seconds)
+                r = results[label, c] = hey(f"{url}/v1/models/{name}:predict", body, c, seconds)
                 ref = 1 / one_s if label == "off" or c == 1 else 64 / batch_s
                 print(f"{label:<20}{c:>4}{r['n']:>10,}{r['rps']:>9,.0f}{r['p50']:>9.2f}"
                       f"{r['p99']:>9.2f}{r['rps'] / ref:>17.0%}", flush=True)
@@ -121,10 +113,22 @@ def main() -> int:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     p50 = results["off", 1]["p50"]
-    print(f"\nserver overhead at c=1: p50 {p50:.2f} ms - in-process {1e3 * one_s:.2f} ms = "
+    print(f"server overhead at c=1: p50 {p50:.2f} ms - in-process {1e3 * one_s:.2f} ms = "
           f"{p50 - 1e3 * one_s:.2f} ms per request (target < 1 ms)")
     on, off = results["on (64 rows, 0 µs)", 64]["rps"], results["off", 64]["rps"]
     print(f"batching at c=64: {on:,.0f} vs {off:,.0f} req/s = {on / off:.1f}× (target ≥ 5×)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/kernelib-bench", help="model cache folder")
+    ap.add_argument("--seconds", type=float, default=5, help="length of each load (hey -z)")
+    args = ap.parse_args()
+    if shutil.which("hey") is None:
+        raise SystemExit("hey not found: `make hey` installs Debian's package")
+    work = Path(args.work)
+    for name, export in (("pool", _pool.export_dir(work)), ("wide", _pool.wide_export_dir(work))):
+        load_test(name, export, work, args.seconds)
     return 0
 
 

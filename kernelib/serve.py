@@ -131,7 +131,7 @@ class Server:
             *(Route(f"/v2{model}{s}/infer", self.v2_infer, methods=["POST"]) for s in ("", v)),
         ]
         self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
-            RequestError: self._error, HTTPException: self._error})
+            RequestError: self._error, HTTPException: self._error, Exception: self._error})
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
@@ -145,8 +145,12 @@ class Server:
 
     @staticmethod
     async def _error(request, err):
-        status = getattr(err, "status", None) or err.status_code
-        return reply_json({"error": str(getattr(err, "detail", None) or err)}, status)
+        """Every error as `{"error": ...}`; a runtime failure as 500 (uvicorn logs its trace)."""
+        if isinstance(err, RequestError):
+            return reply_json({"error": str(err)}, err.status)
+        if hasattr(err, "status_code"):  # starlette's: no such route, method not allowed
+            return reply_json({"error": str(err.detail)}, err.status_code)
+        return reply_json({"error": f"the runtime failed: {type(err).__name__}: {err}"}, 500)
 
     def version(self, request) -> Version:
         """The version a request names (the served one when it names none), or 404."""
