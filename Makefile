@@ -65,6 +65,18 @@ report: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/runner.py
 
+# Serving and inference benches (bench/serve.py load-tests with Debian's `hey`; the first run
+# trains and exports the benches' five-member model into /tmp/kernelib-bench, a few minutes).
+.PHONY: hey bench-serve
+hey:
+	@test -x /usr/bin/hey || { echo "installing hey (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq hey >/dev/null; }
+
+bench-serve: $(STAMP) hey
+	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/serve.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check kernelib tests
 

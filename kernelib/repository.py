@@ -101,10 +101,9 @@ def _read_json(path: Path, default):
 class Repository:
     """The served versions of every model in an export folder; `scan()` picks up changes."""
 
-    def __init__(self, export_dir: str | Path, *, runtime: str = "auto", prefer: str = "latency"):
+    def __init__(self, export_dir: str | Path, *, runtime: str = "auto"):
         self.root = export_dir_of(export_dir)
         self.runtime = check_runtime(runtime)
-        self.prefer = prefer  # which verified figure `auto` ranks by: latency or throughput
         self.served: dict[str, Version] = {}
         self.failed: dict[tuple[str, int], str] = {}  # load errors, until the files change
         self._seen: dict[tuple[str, int], tuple] = {}  # files at the previous scan
@@ -173,10 +172,8 @@ class Repository:
         records = [r for r in _read_json(self.root / "exports.json", [])
                    if isinstance(r, dict) and r.get("name") == name
                    and r.get("version") == number and r.get("format") in found]
-        key = {"latency": lambda r: r.get("latency_ms", float("inf")),
-               "throughput": lambda r: -r.get("throughput_per_s", 0.0)}[self.prefer]
-        if records:
-            return min(records, key=key)["format"]
+        if records:  # batch-1 latency: what one request costs, batched or not
+            return min(records, key=lambda r: r.get("latency_ms", float("inf")))["format"]
         return next(f for f in ("onnx", "tflite", "saved_model") if f in found)
 
     def _load(self, name: str, number: int, folder: Path) -> Version:

@@ -23,17 +23,16 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
-import json
 import logging
 import threading
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from kernelib import __version__
+from kernelib.batching import Batcher
 from kernelib.repository import PLATFORMS, Repository, Version
 
 log = logging.getLogger("kernelib.serve")
@@ -47,74 +46,6 @@ class RequestError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-class Batcher:
-    """Dynamic batching: requests queued while the runtime is busy run as one batch.
-
-    A batch holds up to `max_batch_size` rows of one version; it waits at most `timeout_s` for
-    more rows once the runtime is free. `max_batch_size=0` runs each request on its own. One
-    inference thread runs the runtime (whose own thread pool uses the cores).
-    """
-
-    def __init__(self, max_batch_size: int = 0, timeout_s: float = 0.0):
-        self.max_rows, self.timeout_s = max_batch_size, timeout_s
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, "kernelib-infer")
-        self._pending: collections.deque = collections.deque()
-        self._rows = 0
-        self._wake: asyncio.Event | None = None
-        self._full: asyncio.Event | None = None
-
-    async def run(self, version: Version, x: np.ndarray) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        if self.max_rows <= 0:
-            return await loop.run_in_executor(self.executor, version.runner, x)
-        future = loop.create_future()
-        self._pending.append((version, x, future))
-        self._rows += len(x)
-        self._wake.set()
-        if self._rows >= self.max_rows:
-            self._full.set()
-        return await future
-
-    async def worker(self) -> None:
-        self._wake, self._full = asyncio.Event(), asyncio.Event()
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            if self.timeout_s > 0 and self._rows < self.max_rows:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.timeout_s)
-            batch = self._take()
-            version = batch[0][0]
-            x = batch[0][1] if len(batch) == 1 else np.concatenate([b[1] for b in batch])
-            try:
-                y = await loop.run_in_executor(self.executor, version.runner, x)
-            except Exception as err:  # noqa: BLE001 - handed to every request of the batch
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            start = 0
-            for _, rows, future in batch:
-                if not future.done():  # the client may have gone away
-                    future.set_result(y[start:start + len(rows)])
-                start += len(rows)
-
-    def _take(self) -> list:
-        """The longest run of queued requests for one version that fits in a batch."""
-        batch = [self._pending.popleft()]
-        rows = len(batch[0][1])
-        while (self._pending and self._pending[0][0] is batch[0][0]
-               and rows + len(self._pending[0][1]) <= self.max_rows):
-            batch.append(self._pending.popleft())
-            rows += len(batch[-1][1])
-        self._rows -= rows
-        if not self._pending:
-            self._wake.clear()
-        if self._rows < self.max_rows:
-            self._full.clear()
-        return batch
 
 
 # ---------------------------------------------------------------------------- request bodies
@@ -137,10 +68,18 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def reply_json(content, status: int = 200):
+    """A JSON response; NumPy arrays are written by orjson directly (float32 as float32)."""
+    from starlette.responses import Response
+
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status,
+                    media_type="application/json")
+
+
 def parse_json(raw: bytes) -> dict:
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
         raise RequestError(f"malformed JSON in the request body: {err}") from None
     if not isinstance(body, dict):
         raise RequestError(f"expected a JSON object; received {type(body).__name__}")
@@ -192,7 +131,7 @@ class Server:
             *(Route(f"/v2{model}{s}/infer", self.v2_infer, methods=["POST"]) for s in ("", v)),
         ]
         self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
-            RequestError: self._error, HTTPException: self._error})
+            RequestError: self._error, HTTPException: self._error, Exception: self._error})
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
@@ -206,10 +145,12 @@ class Server:
 
     @staticmethod
     async def _error(request, err):
-        from starlette.responses import JSONResponse
-
-        status = getattr(err, "status", None) or err.status_code
-        return JSONResponse({"error": str(getattr(err, "detail", None) or err)}, status)
+        """Every error as `{"error": ...}`; a runtime failure as 500 (uvicorn logs its trace)."""
+        if isinstance(err, RequestError):
+            return reply_json({"error": str(err)}, err.status)
+        if hasattr(err, "status_code"):  # starlette's: no such route, method not allowed
+            return reply_json({"error": str(err.detail)}, err.status_code)
+        return reply_json({"error": f"the runtime failed: {type(err).__name__}: {err}"}, 500)
 
     def version(self, request) -> Version:
         """The version a request names (the served one when it names none), or 404."""
@@ -226,18 +167,14 @@ class Server:
     # ------------------------------------------------------------------ TF Serving REST
 
     async def tfs_status(self, request):
-        from starlette.responses import JSONResponse
-
         name, number = request.path_params["name"], request.path_params.get("version")
         rows = [r for r in self.repo.status(name) if number is None or r["version"] == number]
         if not rows:
             raise RequestError(f"model '{name}'" + (f" version '{number}'" if number else "") +
                                f" is not known; served models: {sorted(self.repo.served)}", 404)
-        return JSONResponse({"model_version_status": rows})
+        return reply_json({"model_version_status": rows})
 
     async def tfs_metadata(self, request):
-        from starlette.responses import JSONResponse
-
         v = self.version(request)
         dims = [{"size": str(d)} for d in (-1, *v.input_shape)]
         signature = {
@@ -246,14 +183,12 @@ class Server:
             "outputs": {OUTPUT: {"dtype": "DT_FLOAT", "name": OUTPUT, "tensor_shape": {
                 "dim": [{"size": "-1"}, {"size": str(v.n_classes)}], "unknown_rank": False}}},
             "method_name": "tensorflow/serving/predict"}
-        return JSONResponse({
+        return reply_json({
             "model_spec": {"name": v.name, "signature_name": "", "version": str(v.version)},
             "metadata": {"signature_def": {"signature_def": {"serving_default": signature}},
                          "class_names": v.class_names, "runtime": PLATFORMS[v.fmt]}})
 
     async def tfs_predict(self, request):
-        from starlette.responses import JSONResponse
-
         v = self.version(request)
         body = parse_json(await read_body(request, self.limit))
         keys = {"instances", "inputs"} & body.keys()
@@ -268,44 +203,34 @@ class Server:
         elif key == "inputs" and isinstance(value, dict):
             value = _named(value, "inputs")
         y = await self.batcher.run(v, to_rows(value, v, f"'{key}'"))
-        return JSONResponse({"predictions" if key == "instances" else "outputs": y.tolist()})
+        return reply_json({"predictions" if key == "instances" else "outputs": np.ascontiguousarray(y)})
 
     # ------------------------------------------------------------------ Open Inference Protocol
 
     async def v2_server(self, request):
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"name": "kernelib", "version": __version__,
+        return reply_json({"name": "kernelib", "version": __version__,
                              "extensions": ["binary_tensor_data"]})
 
     async def v2_live(self, request):
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"live": True})
+        return reply_json({"live": True})
 
     async def v2_ready(self, request):
-        from starlette.responses import JSONResponse
-
         ready = bool(self.repo.served) and set(self.repo.served) >= set(self.repo.names())
-        return JSONResponse({"ready": ready}, 200 if ready else 503)
+        return reply_json({"ready": ready}, 200 if ready else 503)
 
     async def v2_model_ready(self, request):
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"name": self.version(request).name, "ready": True})
+        return reply_json({"name": self.version(request).name, "ready": True})
 
     async def v2_metadata(self, request):
-        from starlette.responses import JSONResponse
-
         v = self.version(request)
-        return JSONResponse({
+        return reply_json({
             "name": v.name, "versions": [str(v.version)], "platform": PLATFORMS[v.fmt],
             "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *v.input_shape]}],
             "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, v.n_classes]}],
             "parameters": {"class_names": v.class_names}})
 
     async def v2_infer(self, request):
-        from starlette.responses import JSONResponse, Response
+        from starlette.responses import Response
 
         v = self.version(request)
         raw = await read_body(request, self.limit)
@@ -326,10 +251,10 @@ class Server:
         if "id" in body:
             reply["id"] = body["id"]
         if not binary:
-            return JSONResponse(reply | {"outputs": [out | {"data": y.ravel().tolist()}]})
+            return reply_json(reply | {"outputs": [out | {"data": np.ascontiguousarray(y).ravel()}]})
         data = np.ascontiguousarray(y, "<f4").tobytes()
         out["parameters"] = {"binary_data_size": len(data)}
-        head = json.dumps(reply).encode()
+        head = orjson.dumps(reply)
         return Response(head + data, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(len(head))})
 
@@ -396,8 +321,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501,
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    repo = Repository(path, runtime=runtime,
-                      prefer="throughput" if max_batch_size > 0 else "latency")
+    repo = Repository(path, runtime=runtime)
     repo.scan(first=True)
     if not repo.served:
         log.warning("no complete model version in %s yet; waiting for one", repo.root)
