@@ -247,6 +247,7 @@ def run_all_in_browser(context, base: str, token: str, name: str, shot: Path | N
     return {"problems": problems, "images": images}
 
 
+@pytest.mark.e2e
 def test_six_notebooks_run_all_from_the_browser(jupyterlab):
     from playwright.sync_api import sync_playwright
 
