@@ -100,7 +100,7 @@ def command(root: Path, *, host: str, port: int, open_browser: bool,
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`make lab`: JupyterLab on the notebooks (or configured copies), its run folder chosen."""
-    from kernelib.pipeline import notebooks_dir
+    from kernelib.pipeline import notebooks_dir, resolve_member_paths
 
     ap = argparse.ArgumentParser(prog="python -m kernelib.lab", description=main.__doc__)
     ap.add_argument("--run", default=os.environ.get("LAB_RUN") or DEFAULT_RUN,
@@ -121,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = notebooks_dir()
         if args.config:
             root = runs / name / "lab"
-            prepare(params.load_config(args.config), root, nb_dir=notebooks_dir())
+            config = resolve_member_paths(params.load_config(args.config),
+                                          Path(args.config).parent)  # as `kernelib run` does
+            prepare(config, root, nb_dir=notebooks_dir())
     except (ConfigError, PipelineError) as err:
         sys.exit(f"{type(err).__name__}: {err}")
     as_root = hasattr(os, "geteuid") and os.geteuid() == 0

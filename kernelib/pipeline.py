@@ -221,7 +221,8 @@ def plan_keys(config: params.Config, run_root: Path, *, nb_dir: Path,
 
 
 def _snapshot(root: Path, scope: str = "") -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every artifact file under `root/scope` (hidden files, notebooks excluded)."""
+    """(size, mtime) of every artifact file under `root/scope` (hidden files, notebooks excluded;
+    TensorBoard logs too: they hold timestamps, so they must not enter downstream cache keys)."""
     base = root / scope if scope else root
     out = {}
     if not base.exists():
@@ -229,7 +230,7 @@ def _snapshot(root: Path, scope: str = "") -> dict[str, tuple[int, int]]:
     for p in base.rglob("*"):
         rel = p.relative_to(root)
         if p.is_file() and not any(part.startswith(".") for part in rel.parts) \
-                and rel.parts[0] != "notebooks" and rel.parts[0] != "manifest.json" \
+                and rel.parts[0] not in ("notebooks", "manifest.json", "tensorboard") \
                 and "backup" not in rel.parts:
             st = p.stat()
             out[str(rel)] = (st.st_size, st.st_mtime_ns)

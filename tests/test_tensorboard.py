@@ -73,3 +73,14 @@ def test_tensorboard_is_a_train_setting():
     assert params.TrainSettings().tensorboard is True
     cfg = params.validate_config({"train": {"tensorboard": False}})
     assert cfg.train.tensorboard is False
+
+
+def test_tensorboard_logs_stay_out_of_stage_outputs(tmp_path):
+    """Event files hold wall-clock times: recorded as outputs they would change downstream
+    cache keys on every rerun."""
+    from kernelib import pipeline
+
+    for rel in ["merged/concat.keras", "tensorboard/concat/train/events.out.tfevents.1.v2"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert sorted(pipeline._snapshot(tmp_path)) == ["merged/concat.keras"]
