@@ -39,6 +39,16 @@ def test_notebook_parameters_equal_pydantic_defaults(stage):
 
 
 @pytest.mark.parametrize("stage", params.STAGES)
+def test_papermill_reads_every_parameter(stage):
+    # papermill skips a line it cannot parse (an '=' inside the comment does it) and then calls
+    # the injected value an unknown parameter; the notebook still runs, so only this sees it
+    import papermill
+
+    found = papermill.inspect_notebook(str(ROOT / "notebooks" / NOTEBOOKS[stage]))
+    assert set(found) == set(notebook_parameters(stage))
+
+
+@pytest.mark.parametrize("stage", params.STAGES)
 def test_notebooks_have_no_outputs_and_start_with_markdown(stage):
     nb = nbformat.read(ROOT / "notebooks" / NOTEBOOKS[stage], as_version=4)
     assert nb.cells[0].cell_type == "markdown"
