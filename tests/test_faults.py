@@ -228,3 +228,30 @@ def test_a_bad_reports_folder_leaves_a_finished_run_untouched(runs, how):
             subprocess.run(["umount", str(bad)], check=False)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
     assert _consistent(root)["status"] == "succeeded"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_fails_the_stage_records_it_and_a_resume_completes(tmp_path):
+    """The runs folder on a small tmpfs filled up to about 1.1 MiB: the load stage cannot write
+    its arrays; the run still records `failed` (the 1 MiB reserve is released for the final
+    manifest), its lock is gone, and once space is back a resume completes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - 1_150_000))
+        args = ["run", str(ROOT / "configs" / "smoke.yaml"), "--run-id", "full", "--only", "load",
+                "--runs-dir", str(disk / "runs"), "--reports-dir", str(tmp_path / "reports"),
+                "--quiet"]
+        assert cli.main(args) == 1
+        m = _consistent(disk / "runs" / "full")
+        assert m["status"] == "failed"
+        assert "No space left" in next(s for s in m["stages"] if s["label"] == "load")["error"]
+        (disk / "filler").unlink()
+        assert cli.main(args) == 0
+        assert _consistent(disk / "runs" / "full")["status"] == "succeeded"
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
