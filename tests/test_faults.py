@@ -133,7 +133,7 @@ def _consistent(root: Path) -> dict:
 
 
 def test_sigterm_during_training_records_interrupted_and_a_resume_completes(runs):
-    cfg = _config(runs, train={"epochs": 40, "patience": 40})
+    cfg = _config(runs, train={"epochs": 10, "patience": 10})
     proc = _popen(runs, cfg, "--run-id", "term", "--only", "train")
     backup = runs / "runs" / "term" / "members" / "mlp_0" / "backup"
     _wait_for(backup.exists, proc)
@@ -152,7 +152,7 @@ def test_kill_9_during_a_re_export_leaves_consistent_records_and_a_resume_comple
     the model card never describe a file that is not there; the resume cleans up, finishes,
     and its pages run no script from the config (intended_use holds some)."""
     hostile = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
-    cfg = _config(runs, export={"formats": ["keras", "saved_model", "onnx"],
+    cfg = _config(runs, export={"formats": ["saved_model", "keras"],
                                 "prune_sparsities": [], "export_pruned": None,
                                 "intended_use": hostile})
     root = runs / "runs" / "smoke-test"
