@@ -503,6 +503,7 @@ def export(model, out_dir: str | Path, formats: Sequence[str] = ("keras", "saved
                 if fmt == "saved_model":
                     source = path
                 entries[fmt] = entry
+        _order_records(out_dir, [entries[f]["path"] for f in formats])
     finally:  # record what did land, even when a later format fails
         if entries:
             _write_labels(out_dir, {f: targets[f] for f in entries}, name=name,
@@ -539,6 +540,15 @@ def _unverified(fmt: str) -> dict[str, Any]:
     return {"format": fmt, "runtime": runtimes.RUNTIMES[runtimes.runtime_kind(fmt)],
             "verified": False,
             "note": "not verified: export() was called without test rows (pass test=(x, y))"}
+
+
+def _order_records(out_dir: Path, order: list[str]) -> None:
+    """This call's records in the order its formats were asked for, after the earlier ones."""
+    path = out_dir / EXPORTS_FILE
+    records = io.read_json(path)
+    mine = {r["path"]: r for r in records if r["path"] in order}
+    io.write_json(path, [r for r in records if r["path"] not in mine]
+                  + [mine[p] for p in order if p in mine])
 
 
 def _record(out_dir: Path, entry: dict[str, Any], *, drop: bool = False) -> None:

@@ -363,6 +363,23 @@ def read_manifest(run_root: Path, *, missing_ok: bool = False) -> dict[str, Any]
     return manifest
 
 
+@contextlib.contextmanager
+def _space_reserve(run_root: Path, size: int = 1 << 20):
+    """A hidden 1 MiB file in the run folder, released just before the final manifest is
+    written, so a run that filled its disk can still record how it ended."""
+    path = run_root / ".space-reserve"
+    try:
+        with open(path, "wb") as fh:
+            fh.truncate(0)
+            os.posix_fallocate(fh.fileno(), 0, size)
+    except OSError:
+        path.unlink(missing_ok=True)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
 class Interrupted(KeyboardInterrupt):
     """A run stopped by SIGINT (Ctrl-C) or SIGTERM (a scheduler, `kill`, a container stop)."""
 
@@ -428,7 +445,7 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
     os.environ.update(kernel_env())  # kernels inherit it
     rd = RunDir(run_root)
     rd.notebooks.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_root), interrupts() as received:
+    with RunLock(run_root), interrupts() as received, _space_reserve(run_root) as reserve:
         manifest = _start_manifest(rd, config, run_id, steps)
         runner = _Runner(rd, report_dir, nb_dir, run_root.parent, kernel_name, progress,
                          manifest)
@@ -462,6 +479,7 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
             card = run_root / "data" / "card.json"
             if card.exists():
                 manifest["data_hash"] = io.read_json(card).get("sha256")
+            reserve.unlink(missing_ok=True)  # a full disk still takes the final manifest
             io.write_json(rd.manifest, manifest)
             report.write_index(run_root, report_dir)
             report.write_runs_index(report_dir.parent)
@@ -628,8 +646,11 @@ class _Runner:
         html_name = Path(step.output).with_suffix(".html").name
         out = self.rd.notebooks / step.output
         if out.exists():
-            report.render_notebook(out, self.report_dir / html_name)
-            rec["report"] = html_name
+            try:
+                report.render_notebook(out, self.report_dir / html_name)
+                rec["report"] = html_name
+            except Exception as err:  # noqa: BLE001  a notebook cut short (disk full, killed)
+                rec["report_error"] = f"{type(err).__name__}: {str(err)[:300]}"
         io.write_json(self.rd.manifest, self.manifest)
         if rec["status"] == "failed":
             raise StageFailedError(

@@ -106,3 +106,29 @@ def test_html_in_class_names_stays_text(browser, tmp_path_factory):
     runs = visit(browser, rendered["dir"].parent / "index.html")
     assert_clean(runs, "runs index")
     assert_links_resolve(runs, "runs index")
+
+
+def test_script_in_a_markdown_output_does_not_run(browser, tmp_path):
+    """The model card cell of 06_export displays `Markdown(card)`; an intended use holding
+    `<script>` and an `onerror` image must show as text in both variants, never run."""
+    import nbformat
+
+    from kernelib import report
+
+    use = HOSTILE + '<img src="missing.png" onerror="window.__pwned=2">'
+    cell = nbformat.v4.new_code_cell("Markdown(modelcard.to_markdown(card))", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output(
+        "execute_result", {"text/markdown": f"# Model card\n\n## Intended use\n\n{use}\n",
+                           "text/plain": "<IPython.core.display.Markdown object>"},
+        execution_count=1)]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# 6 · Export {use}"),
+                                         cell])
+    nb_path = tmp_path / "06_export.ipynb"
+    nbformat.write(nb, nb_path)
+    html = report.render_notebook(nb_path, tmp_path / "06_export.html")
+    for path in (html, report.share_path(html)):
+        info = visit(browser, path)
+        assert info["pwned"] is None, f"{path.name}: script from a Markdown output ran"
+        assert HOSTILE in info["text"], f"{path.name}: the text is not shown"
+        assert info["page"].locator("h1").count() >= 1, "Markdown headings still render"
+        info["page"].close()

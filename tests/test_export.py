@@ -315,3 +315,28 @@ def test_vote_model_exports_with_builtin_ops(tiny_members, splits, tmp_path):
         assert entry["max_abs_diff"] == 0.0 and entry["top1_agreement"] == 1.0, entry["format"]
     tflite_ops = next(e for e in manifest.entries if e["format"] == "tflite")["ops"]
     assert "ARG_MAX" in tflite_ops and not [op for op in tflite_ops if "FLEX" in op.upper()]
+
+
+def test_export_without_test_rows_writes_unverified_records(tmp_path):
+    """`export(model, out, formats, name=...)` alone: the files are written, each record says
+    it was not verified and why, and exports.json lists each file with its sha256."""
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    manifest = export.export(model, tmp_path, ["keras", "onnx"], name="plain")
+    for fmt in ("keras", "onnx"):
+        e = manifest[fmt]
+        assert e["verified"] is False and "without test rows" in e["note"]
+        assert "parity" not in e
+    records = io.read_json(tmp_path / export.EXPORTS_FILE)
+    assert [r["path"] for r in records] == ["plain.keras", "plain.onnx"]
+    for r in records:
+        assert io.sha256(tmp_path / r["path"]) == r["sha256"]
+    x = np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype("float32")
+    reloaded = keras.saving.load_model(tmp_path / "plain.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+    with pytest.raises(ExportError, match="tflite_int8 is judged by its accuracy drop"):
+        export.export(model, tmp_path / "q", ["tflite_int8"], name="plain",
+                      calibration_data=x)

@@ -6,6 +6,13 @@ file that `manifest.json` or `exports.json` lists must have the sha256 recorded 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -13,7 +20,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from kernelib import io, params, pipeline
+from kernelib import cli, io, params, pipeline
+from kernelib.errors import PipelineError
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -70,3 +78,180 @@ def test_a_fine_tune_is_not_reused_when_its_base_trained_differently(tmp_path):
     expected = pipeline.plan_keys(params.load_config(config), root, nb_dir=nb_dir,
                                   outputs=outputs)
     assert {label: rec["key"] for label, rec in by.items()} == expected
+
+
+# ---------------------------------------------------------------------------- the smoke chain
+
+
+@pytest.fixture
+def runs(smoke, tmp_path):
+    """A runs folder holding a copy of the session's smoke run (its stages are the cache)."""
+    shutil.copytree(smoke["run"], tmp_path / "runs" / "smoke-test")
+    return tmp_path
+
+
+def _config(tmp: Path, **sections) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _args(tmp: Path, config: Path, *args: str) -> list[str]:
+    return ["run", str(config), *args, "--runs-dir", str(tmp / "runs"), "--reports-dir",
+            str(tmp / "reports"), "--quiet"]
+
+
+def _popen(tmp: Path, config: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kernelib.cli", *_args(tmp, config, *args)],
+                            cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _wait_for(what, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not what():
+        assert proc.poll() is None, "the run ended first: " + proc.stdout.read()[-2000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _consistent(root: Path) -> dict:
+    """The run's manifest, after checking its end state, its lock, and every recorded sha256."""
+    m = io.read_json(root / "manifest.json")
+    assert m["status"] in ("succeeded", "failed", "interrupted"), m["status"]
+    assert not (root / ".lock").exists()
+    for rel, sha in m.get("artifacts", {}).items():
+        assert io.sha256(root / rel) == sha, rel
+    exports = root / "export" / "exports.json"
+    for e in io.read_json(exports) if exports.exists() else []:
+        assert io.sha256(root / "export" / e["path"]) == e["sha256"], e["path"]
+    return m
+
+
+def test_sigterm_during_training_records_interrupted_and_a_resume_completes(runs):
+    cfg = _config(runs, train={"epochs": 10, "patience": 10})
+    proc = _popen(runs, cfg, "--run-id", "term", "--only", "train")
+    backup = runs / "runs" / "term" / "members" / "mlp_0" / "backup"
+    _wait_for(backup.exists, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    m = _consistent(runs / "runs" / "term")
+    assert m["status"] == "interrupted" and m["interrupted_by"] == "SIGTERM"
+    assert (runs / "reports" / "term" / "index.html").exists()  # the index was updated
+    again = cli.main(_args(runs, cfg, "--run-id", "term", "--only", "train"))
+    assert again == 0
+    assert _consistent(runs / "runs" / "term")["status"] == "succeeded"
+
+
+def test_kill_9_during_a_re_export_leaves_consistent_records_and_a_resume_completes(runs):
+    """kill -9 of the runner and its kernel while export files are replaced: exports.json and
+    the model card never describe a file that is not there; the resume cleans up, finishes,
+    and its pages run no script from the config (intended_use holds some)."""
+    hostile = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
+    cfg = _config(runs, export={"formats": ["saved_model", "keras"],
+                                "prune_sparsities": [], "export_pruned": None,
+                                "intended_use": hostile})
+    root = runs / "runs" / "smoke-test"
+    proc = _popen(runs, cfg, "--run-id", "smoke-test", "--only", "export")
+    _wait_for(lambda: any(p.name.startswith(".digits-smoke") for p in (root / "export").iterdir()),
+              proc)
+    import psutil
+
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    exports = io.read_json(root / "export" / "exports.json")
+    for e in exports:  # consistent although killed mid-write
+        assert io.sha256(root / "export" / e["path"]) == e["sha256"], e["path"]
+    assert io.read_json(root / "manifest.json")["status"] == "running"  # nobody could say else
+
+    assert cli.main(_args(runs, cfg, "--run-id", "smoke-test", "--only", "export")) == 0
+    m = _consistent(root)
+    assert m["status"] == "succeeded" and "ended without a record" in m["previous_attempt"]
+    assert not [p for p in (root / "export").rglob(".*")], "leftovers of the killed export"
+    card = (root / "export" / "MODEL_CARD.md").read_text()
+    assert hostile in card  # the card keeps the text; the pages must not run it
+    _no_script_runs(runs / "reports" / "smoke-test" / "06_export.html")
+    _no_script_runs(runs / "reports" / "smoke-test" / "06_export.share.html")
+
+
+def _no_script_runs(page: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Chromium is not installed: run `make browser`")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page()
+        dialogs = []
+        tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        tab.goto(page.as_uri())
+        tab.wait_for_load_state("load")
+        assert tab.evaluate("window.__pwned") is None and not dialogs, page.name
+        assert "window.__pwned=1" in tab.inner_text("body")  # shown as text
+        browser.close()
+
+
+def _read_only_folder(tmp: Path) -> Path:
+    folder = tmp / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:  # permission bits do not bind root: a read-only mount does
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a read-only tmpfs here")
+    else:
+        folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize("how", ["read-only", "a file"])
+def test_a_bad_reports_folder_leaves_a_finished_run_untouched(runs, how):
+    """Resuming a finished run with an unusable --reports-dir is refused before any stage:
+    the run stays `succeeded`, nothing in it changes."""
+    root = runs / "runs" / "smoke-test"
+    bad = _read_only_folder(runs) if how == "read-only" else runs / "reports-file"
+    if how == "a file":
+        bad.write_text("x")
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    try:
+        with pytest.raises(PipelineError, match="--reports-dir"):
+            pipeline.run(ROOT / "configs" / "smoke.yaml", runs_dir=runs / "runs",
+                         reports_dir=bad, run_id="smoke-test", progress=False)
+    finally:
+        if how == "read-only" and os.geteuid() == 0:
+            subprocess.run(["umount", str(bad)], check=False)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+    assert _consistent(root)["status"] == "succeeded"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_fails_the_stage_records_it_and_a_resume_completes(tmp_path):
+    """The runs folder on a small tmpfs filled up to about 1.1 MiB: the load stage cannot write
+    its arrays; the run still records `failed` (the 1 MiB reserve is released for the final
+    manifest), its lock is gone, and once space is back a resume completes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - 1_150_000))
+        args = ["run", str(ROOT / "configs" / "smoke.yaml"), "--run-id", "full", "--only", "load",
+                "--runs-dir", str(disk / "runs"), "--reports-dir", str(tmp_path / "reports"),
+                "--quiet"]
+        assert cli.main(args) == 1
+        m = _consistent(disk / "runs" / "full")
+        assert m["status"] == "failed"
+        assert "No space left" in next(s for s in m["stages"] if s["label"] == "load")["error"]
+        (disk / "filler").unlink()
+        assert cli.main(args) == 0
+        assert _consistent(disk / "runs" / "full")["status"] == "succeeded"
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
