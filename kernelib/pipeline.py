@@ -574,6 +574,17 @@ class _Runner:
                     done[steps[k].label] = records[k].get("outputs", {})
             i = j
 
+    def _save(self) -> None:
+        """Persist the manifest. A full disk becomes a PipelineError; the final record is still
+        written by `run` from the space reserve."""
+        try:
+            io.write_json(self.rd.manifest, self.manifest)
+        except OSError as err:
+            raise PipelineError(
+                f"cannot write '{self.rd.manifest}' ({err.strerror or err}); expected a run "
+                "folder with free space. Free some space (or choose another --runs-dir), then "
+                "resume with the same --run-id.") from None
+
     def _say(self, k: int, steps: list[Step], what: str) -> None:
         if self.progress:
             print(f"[{k + 1}/{len(steps)}] {steps[k].label}: {what}", flush=True)
@@ -639,7 +650,7 @@ class _Runner:
                 _execute_step(steps[k], records[k], nb_dir=self.nb_dir, rd=self.rd,
                               kernel_name=self.kernel_name, progress=self.progress)
                 self._finish(steps[k], records[k])
-        io.write_json(self.rd.manifest, self.manifest)
+        self._save()
 
     def _finish(self, step: Step, rec: dict[str, Any]) -> None:
         """Render the report and persist the manifest; raise when the step failed."""
@@ -651,7 +662,7 @@ class _Runner:
                 rec["report"] = html_name
             except Exception as err:  # noqa: BLE001  a notebook cut short (disk full, killed)
                 rec["report_error"] = f"{type(err).__name__}: {str(err)[:300]}"
-        io.write_json(self.rd.manifest, self.manifest)
+        self._save()
         if rec["status"] == "failed":
             raise StageFailedError(
                 f"stage '{step.label}' failed: {rec['error']}. The executed notebook is "
