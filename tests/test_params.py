@@ -57,7 +57,7 @@ def test_notebooks_have_no_outputs_and_start_with_markdown(stage):
             assert not c.outputs and c.execution_count is None
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name):
     cfg = params.load_config(ROOT / "configs" / name)
     assert len(cfg.load.members) >= 2

@@ -145,7 +145,7 @@ def test_bad_jobs_value(tmp_path):
 def test_fine_tunes_wait_for_their_base_member_in_parallel_jobs():
     cfg = params.load_config(ROOT / "configs" / "default.yaml")
     needs = {s.label: s.needs for s in pipeline.plan(cfg, Path("/r")) if s.stage == "train"}
-    assert needs["train:cnn_0_ft1"] == ("train:cnn_0",) and needs["train:cnn_0"] == ()
+    assert needs["train:convnet_0_ft1"] == ("train:convnet_0",) and needs["train:convnet_0"] == ()
 
 
 def test_only_with_force_still_runs_only_the_named_stage(tmp_path):
