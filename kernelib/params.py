@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kernelib import members as _members
 from kernelib import zoo
 from kernelib.errors import ConfigError
 
@@ -22,6 +23,7 @@ EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynam
                   "onnx")
 BACKBONES = tuple(zoo.BACKBONES)  # the zoo is the one list (it imports no TensorFlow)
 RECIPES = (*zoo.RECIPES, *BACKBONES)
+PREPROCESS = _members.PREPROCESS  # members imports no TensorFlow either
 
 
 class _Strict(BaseModel):
@@ -29,11 +31,12 @@ class _Strict(BaseModel):
 
 
 class MemberSpec(_Strict):
-    """One member: trained from a zoo recipe, or read from a `.keras` file."""
+    """One member: trained from a zoo recipe, or read from a `.keras`/`.h5` file or SavedModel."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", description="unique member name")
     recipe: Literal[RECIPES] | None = Field(None, description="zoo recipe to train")
-    path: str | None = Field(None, description="a trained .keras file to use as is")
+    path: str | None = Field(None, description="a trained model to use as is: a .keras file, a "
+                             "legacy .h5 file or a SavedModel folder")
     seed: int = Field(0, ge=0, description="seed of the member's initialisation and data order")
     finetune_from: str | None = Field(
         None, description="start from this earlier member's trained weights instead of a fresh "
@@ -43,6 +46,21 @@ class MemberSpec(_Strict):
     weights: str | None = Field(
         None, description="backbone recipes: absolute path of a local .weights.h5 file for the "
                           "backbone (None = random initialisation)")
+    trainable: bool = Field(
+        True, description="backbone recipes: false freezes the backbone (only the new head "
+                          "trains) and puts the backbone's own preprocess convention in front")
+    preprocess: Literal[PREPROCESS] = Field(
+        "none", description="member files: the value convention the member was trained on "
+                            "(keras.applications': rescale 0..1, tf -1..1, caffe, torch; none = "
+                            "the dataset's raw values)")
+    class_names: list[str] | None = Field(
+        None, description="member files: the classes in the order the member predicts them "
+                          "(None = the dataset's order)")
+    output: Literal["probabilities", "logits"] | None = Field(
+        None, description="member files: what the member outputs (None = detected from its "
+                          "final layer)")
+    trust: bool = Field(False, description="member files: load outside Keras' safe mode (a "
+                        "file with Lambda layers; only for files you trust)")
 
     @model_validator(mode="after")
     def _one_source(self) -> MemberSpec:
@@ -62,6 +80,19 @@ class MemberSpec(_Strict):
                 f"member '{self.name}': 'weights' must be an absolute path to a .weights.h5 "
                 f"file; received {self.weights!r}"
             )
+        file_only = {k: getattr(self, k) for k in ("class_names", "output")
+                     if getattr(self, k) is not None}
+        file_only.update({k: getattr(self, k) for k, default in
+                          (("preprocess", "none"), ("trust", False))
+                          if getattr(self, k) != default})
+        if self.path is None and file_only:
+            raise ValueError(
+                f"member '{self.name}': {sorted(file_only)} apply to members given by 'path' "
+                f"only; received them with recipe={self.recipe!r}. Remove them.")
+        if self.recipe not in BACKBONES and not self.trainable:
+            raise ValueError(
+                f"member '{self.name}': 'trainable: false' freezes a backbone recipe "
+                f"{list(BACKBONES)}; received recipe={self.recipe!r}. Remove it.")
         if self.finetune_from is not None and self.path is not None:
             raise ValueError(
                 f"member '{self.name}': 'finetune_from' needs a 'recipe' (the base member's); "

@@ -89,17 +89,13 @@ def resolve_member_paths(config: params.Config, base: Path) -> params.Config:
 
 
 def check_member_files(config: params.Config) -> None:
-    """Before any run folder exists: every member file loads and fits the dataset."""
-    given = [m for m in config.load.members if m.path]
-    if not given:
+    """Before any run folder exists: every member file loads, adapts to the dataset's input
+    and outputs finite class probabilities."""
+    if not any(m.path for m in config.load.members):
         return
     from kernelib import data, members
 
-    info = data.dataset_info(config.load.dataset)
-    for spec in given:
-        member = members.load_member(spec.path, name=spec.name)
-        members.check_compatible([member], input_shape=info["input_shape"],
-                                 n_classes=info["n_classes"])
+    members.preflight(config.load.members, data.dataset_info(config.load.dataset))
 
 
 def plan(config: params.Config, run_root: Path) -> list[Step]:

@@ -15,12 +15,14 @@ from typing import Any
 import keras
 
 from kernelib.errors import MergeError
+from kernelib.members import features
 from kernelib.merge.base import check_xy, leaf_layers, model_input, prepare
 
 
 def feature_extractor(model):
-    """The member up to its penultimate layer (the input of its final classifier layer)."""
-    return keras.Model(model.inputs, model.layers[-1].input, name=f"{model.name}_features")
+    """The member up to its penultimate features (the input of its final classifier layer),
+    nested models (a member's front, a backbone) looked into."""
+    return features(model, f"{model.name}_features")
 
 
 def unfreeze_last(model, k: int) -> list[str]:
@@ -35,7 +37,7 @@ def unfreeze_last(model, k: int) -> list[str]:
 
 
 def _copy(model):
-    clone = keras.models.clone_model(model)
+    clone = keras.models.clone_model(model, recursive=True)  # nested members copied too
     clone.set_weights(model.get_weights())
     clone.name = model.name
     return clone
@@ -68,7 +70,8 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
     for e in extractors:
         e.trainable = False
     inputs = model_input(models)
-    feats = keras.layers.Concatenate(name="features")([e(inputs) for e in extractors])
+    feats = keras.layers.Concatenate(name="features")([e(inputs, training=False)
+                                                          for e in extractors])
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
                                  name="head")(feats)
     model = keras.Model(inputs, outputs, name=name)

@@ -96,7 +96,7 @@ def merge_soup(members: Sequence[Any], *, val: tuple | None = None, mode: str = 
     check_choice(metric, METRICS, "metric", "soup")
     models = prepare(_pick(members, ingredients), "soup")
     check_same_architecture(models)
-    soup = keras.models.clone_model(models[0])
+    soup = keras.models.clone_model(models[0], recursive=True)  # a nested member copied too
     soup.name = name
     if mode == "uniform":
         soup.set_weights(average_weights(models, range(len(models))))
