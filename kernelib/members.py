@@ -204,6 +204,11 @@ def is_augmentation(layer) -> bool:
         cls.__name__.startswith("Random") or cls.__name__ in _AUGMENTATION)
 
 
+def augmentation_layers(model) -> list[str]:
+    """Names of the augmentation layers inside `model` (nested models included)."""
+    return [layer.name for layer in walk_layers(model) if is_augmentation(layer)]
+
+
 def without_augmentation(model):
     """`model` with its augmentation layers (nested ones too) replaced by identities.
 

@@ -20,7 +20,7 @@ STAGES = ("load", "preprocess", "train", "merge", "evaluate", "export")
 MERGE_STRATEGIES = ("average", "vote", "weighted", "select", "stacking", "concat", "soup",
                     "distill")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8",
-                  "onnx")
+                  "onnx", "h5")
 BACKBONES = tuple(zoo.BACKBONES)  # the zoo is the one list (it imports no TensorFlow)
 RECIPES = (*zoo.RECIPES, *BACKBONES)
 PREPROCESS = _members.PREPROCESS  # members imports no TensorFlow either
@@ -256,6 +256,8 @@ class ExportParams(_Strict):
         description="export formats, each verified by its own runtime on the test split",
     )
     name: str = Field("digits", pattern=r"^[A-Za-z0-9_\-]+$", description="served model name")
+    model: str | None = Field(None, description="member or merged model to export (a member "
+                              "name or a strategy); None = the model the evaluate stage selected")
     version: int = Field(1, ge=1, description="served model version (TF Serving folder)")
     overwrite: bool = Field(True, description="replace this run's earlier exports of this "
                             "name and version when the stage runs again (false refuses); "
@@ -331,6 +333,15 @@ class Config(_Strict):
         if unknown:
             raise ValueError(f"merge.soup_ingredients names {unknown}, which are not members; "
                              f"members: {names}")
+        return self
+
+
+    @model_validator(mode="after")
+    def _export_model_known(self) -> Config:
+        valid = [m.name for m in self.load.members] + list(self.merge.strategies)
+        if self.export.model is not None and self.export.model not in valid:
+            raise ValueError(f"export.model names {self.export.model!r}, which is neither a "
+                             f"member nor a merge strategy of this config; valid: {valid}")
         return self
 
 

@@ -228,13 +228,12 @@ def save_all(merged: dict[str, Any], run, *, check_x: np.ndarray):
 
 def save(model, path, *, check_x: np.ndarray) -> float:
     """Save a merged model to one `.keras` file atomically, reload it, return max |Δ| on `check_x`."""
-    import keras
-
     from kernelib import io
+    from kernelib.members import load_keras
 
     with io.atomic_path(path) as tmp:
         model.save(tmp)
-    reloaded = keras.saving.load_model(path, compile=False)
+    reloaded = load_keras(path)
     return float(np.max(np.abs(predict(model, check_x) - predict(reloaded, check_x))))
 
 
