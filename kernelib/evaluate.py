@@ -667,7 +667,6 @@ def cost_table(run, *, repeats: int = 30):
     Loads each model listed in `merged/models.json` and times its compiled forward pass
     (`kernelib.cost`). Timings vary between runs, so they go to `timings/cost.json`, not metrics/.
     """
-    import keras
     import pandas as pd
 
     from kernelib import cost, io

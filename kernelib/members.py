@@ -574,14 +574,28 @@ def from_spec(spec: Any, *, input_shape: tuple[int, ...], class_names: Sequence[
     return member
 
 
-def preflight(specs: Sequence[Any], info: dict[str, Any]) -> None:
+def preflight(specs: Sequence[Any], info: dict[str, Any], *,
+              inside: dict[str, Sequence[str] | None] | None = None) -> None:
     """Before any run folder exists: every member file loads, adapts and outputs probabilities.
 
-    `info` is `data.dataset_info(...)` (input shape, classes, value range).
+    `info` is `data.dataset_info(...)` (input shape, classes, value range). `inside` maps
+    each strategy of the run that looks inside members (concat, soup) to the member names
+    it uses (None = all): a SavedModel member among them is refused.
     """
+    from kernelib.errors import MergeError
+
     for spec in specs:
-        if spec.path:
-            from_spec(spec, **_data_facts(info))
+        if not spec.path:
+            continue
+        member = from_spec(spec, **_data_facts(info))
+        uses = [s for s, names in (inside or {}).items() if names is None or spec.name in names]
+        if member.opaque and uses:
+            option = {"concat": "merge.concat_members", "soup": "merge.soup_ingredients"}
+            raise MergeError(
+                f"strategy '{uses[0]}' looks inside its members; member '{spec.name}' is a "
+                "SavedModel, which kernelib cannot look inside. It can join average, vote, "
+                f"weighted, select, stacking and distill: list the other members in "
+                f"{option.get(uses[0], uses[0])}, or give it as a .keras file.")
 
 
 def _data_facts(info: dict[str, Any]) -> dict[str, Any]:

@@ -206,6 +206,9 @@ class MergeParams(_Strict):
                              "the head is fitted (0 = members stay frozen)")
     concat_fine_tune_learning_rate: float = Field(
         1e-4, gt=0.0, le=1.0, description="'concat': learning rate of the fine-tuning phase")
+    concat_members: list[str] | None = Field(
+        None, description="'concat': member names whose features it concatenates (None = every "
+                          "member; a SavedModel member cannot join)")
     soup_mode: Literal["uniform", "greedy"] = Field(
         "greedy", description="'soup': average all ingredients, or add them greedily on val "
                               "(see soup_metric)")
@@ -335,6 +338,15 @@ class Config(_Strict):
                              f"members: {names}")
         return self
 
+
+    @model_validator(mode="after")
+    def _concat_members_known(self) -> Config:
+        names = [m.name for m in self.load.members]
+        unknown = sorted(set(self.merge.concat_members or []) - set(names))
+        if unknown:
+            raise ValueError(f"merge.concat_members names {unknown}, which are not members; "
+                             f"members: {names}")
+        return self
 
     @model_validator(mode="after")
     def _export_model_known(self) -> Config:

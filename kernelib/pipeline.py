@@ -95,7 +95,9 @@ def check_member_files(config: params.Config) -> None:
         return
     from kernelib import data, members
 
-    members.preflight(config.load.members, data.dataset_info(config.load.dataset))
+    inside = {"concat": config.merge.concat_members, "soup": config.merge.soup_ingredients}
+    members.preflight(config.load.members, data.dataset_info(config.load.dataset),
+                      inside={s: n for s, n in inside.items() if s in config.merge.strategies})
 
 
 def plan(config: params.Config, run_root: Path) -> list[Step]:

@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 
 from kernelib import members, params, pipeline
-from kernelib.errors import ConfigError, IncompatibleMembersError, KernelibError, MemberError
-from kernelib.errors import MergeError
+from kernelib.errors import (
+    ConfigError,
+    IncompatibleMembersError,
+    KernelibError,
+    MemberError,
+    MergeError,
+)
 
 RAW = (8, 8, 1)
 RANGE = (0.0, 16.0)
@@ -178,45 +183,50 @@ def test_nan_members_are_refused_by_the_merge_api(adapted, splits):
             merge([good, bad], strategy, val=splits.val)
 
 
-def _bad_files(tmp):
-    """Member files each wrong in one way (built on demand, tiny)."""
+def _bad_models():
+    """Member models each wrong in one way (tiny, untrained): {name: keras.Model}."""
     import keras
-    import tensorflow as tf
 
     L = keras.layers
-    out = {}
-    seq = keras.Sequential([keras.Input((12, 4)), L.LSTM(4), L.Dense(10, activation="softmax")])
-    seq.save(tmp / "seq.keras"); out["seq"] = tmp / "seq.keras"
-    vol = keras.Sequential([keras.Input((8, 8, 8, 1)), L.Flatten(), L.Dense(10, "softmax")])
-    vol.save(tmp / "vol.keras"); out["vol"] = tmp / "vol.keras"
+
+    def seq(shape, *layers):
+        return keras.Sequential([keras.Input(shape), *layers])
+
     a, b = keras.Input(RAW), keras.Input(RAW)
-    two = keras.Model([a, b], L.Dense(10, activation="softmax")(L.Flatten()(L.Add()([a, b]))))
-    two.save(tmp / "two.keras"); out["two"] = tmp / "two.keras"
+    two_in = keras.Model([a, b], L.Dense(10, activation="softmax")(L.Flatten()(L.Add()([a, b]))))
     i = keras.Input(RAW)
-    f = L.Flatten()(i)
-    two_out = keras.Model(i, [L.Dense(10, activation="softmax")(f),
-                              L.Dense(10, activation="softmax")(f)])
-    two_out.save(tmp / "two_out.keras"); out["two_out"] = tmp / "two_out.keras"
-    k12 = keras.Sequential([keras.Input(RAW), L.Flatten(), L.Dense(12, activation="softmax")])
-    k12.save(tmp / "k12.keras"); out["k12"] = tmp / "k12.keras"
-    ok = keras.Sequential([keras.Input(RAW), L.Flatten(), L.Dense(10, activation="softmax")])
-    ok.save(tmp / "ok.keras"); out["ok"] = tmp / "ok.keras"
-    logits = keras.Sequential([keras.Input(RAW), L.Flatten(), L.Dense(10)])
-    logits.save(tmp / "logits.keras"); out["logits"] = tmp / "logits.keras"
-    nan = keras.Sequential([keras.Input(RAW), L.Flatten(), L.Dense(10, activation="softmax")])
+    flat = L.Flatten()(i)
+    two_out = keras.Model(i, [L.Dense(10, activation="softmax")(flat),
+                              L.Dense(10, activation="softmax")(flat)])
+    nan = seq(RAW, L.Flatten(), L.Dense(10, activation="softmax"))
     nan.set_weights([np.full(w.shape, np.nan, "float32") for w in nan.get_weights()])
-    nan.save(tmp / "nan.keras"); out["nan"] = tmp / "nan.keras"
-    lam = keras.Sequential([keras.Input(RAW), L.Lambda(lambda t: t * 2.0), L.Flatten(),
-                            L.Dense(10, activation="softmax")])
-    lam.save(tmp / "lam.keras"); out["lam"] = tmp / "lam.keras"
-    (tmp / "notes.h5").write_text("not a model"); out["text"] = tmp / "notes.h5"
-    tf.saved_model.save(tf.Module(), str(tmp / "nosig")); out["nosig"] = tmp / "nosig"
-    return out
+    return {
+        "seq": seq((12, 4), L.LSTM(4), L.Dense(10, activation="softmax")),
+        "vol": seq((8, 8, 8, 1), L.Flatten(), L.Dense(10, activation="softmax")),
+        "two": two_in, "two_out": two_out, "nan": nan,
+        "k12": seq(RAW, L.Flatten(), L.Dense(12, activation="softmax")),
+        "ok": seq(RAW, L.Flatten(), L.Dense(10, activation="softmax")),
+        "logits": seq(RAW, L.Flatten(), L.Dense(10)),
+        "lam": seq(RAW, L.Lambda(lambda t: t * 2.0), L.Flatten(),
+                   L.Dense(10, activation="softmax")),
+    }
 
 
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
-    return _bad_files(tmp_path_factory.mktemp("bad_members"))
+    """The bad models saved as `.keras` files, plus a text file and a signature-less SavedModel."""
+    import tensorflow as tf
+
+    tmp = tmp_path_factory.mktemp("bad_members")
+    out = {}
+    for name, model in _bad_models().items():
+        out[name] = tmp / f"{name}.keras"
+        model.save(out[name])
+    out["text"] = tmp / "notes.h5"
+    out["text"].write_text("not a model")
+    out["nosig"] = tmp / "nosig"
+    tf.saved_model.save(tf.Module(), str(out["nosig"]))
+    return out
 
 
 @pytest.mark.parametrize("member, error, match", [
@@ -252,3 +262,15 @@ def test_bad_members_refused_before_any_stage(member, error, match, bad_files, t
         pipeline.check_member_files(params.validate_config(cfg))
     assert isinstance(info.value, KernelibError)
     assert "Add a softmax" not in str(info.value) or "NaN" not in str(info.value)
+
+
+def test_savedmodel_member_in_concat_refused_before_any_stage(files):
+    members_ = [{"name": "saved", "path": str(files["saved"]), "preprocess": "rescale"},
+                {"name": "mlp", "path": str(files["mlp"])}, {"name": "z", "recipe": "mlp"}]
+    cfg = {"load": {"dataset": "digits", "members": members_},
+           "merge": {"strategies": ["average", "concat"]}}
+    with pytest.raises(MergeError, match="'concat' looks inside.*member 'saved' is a SavedModel"
+                                         ".*merge.concat_members"):
+        pipeline.check_member_files(params.validate_config(cfg))
+    cfg["merge"]["concat_members"] = ["mlp", "z"]
+    pipeline.check_member_files(params.validate_config(cfg))

@@ -180,3 +180,17 @@ def check_choice(value: Any, valid: Sequence[Any], option: str, strategy: str) -
     if value not in valid:
         raise MergeError(f"strategy '{strategy}': option '{option}' must be one of "
                          f"{list(valid)}; received {value!r}")
+
+
+def pick(members: Sequence[Any], names: Sequence[str] | None, strategy: str,
+         option: str) -> list[Any]:
+    """The members named in `names` (all of them when None), refusing unknown names."""
+    if names is None:
+        return list(members)
+    models = as_models(members)
+    by_name = {m.name: member for m, member in zip(models, members, strict=True)}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise MergeError(f"strategy '{strategy}': '{option}' names {unknown}, which are not "
+                         f"members; members: {list(by_name)}")
+    return [by_name[n] for n in names]

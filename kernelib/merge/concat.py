@@ -16,7 +16,7 @@ import keras
 
 from kernelib.errors import MergeError
 from kernelib.members import features
-from kernelib.merge.base import check_xy, leaf_layers, model_input, prepare
+from kernelib.merge.base import check_xy, leaf_layers, model_input, pick, prepare
 
 
 def feature_extractor(model):
@@ -46,16 +46,19 @@ def _copy(model):
 def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tuple | None = None,
                  seed: int = 0, epochs: int = 20, learning_rate: float = 1e-3,
                  batch_size: int = 64, patience: int = 3, fine_tune_layers: int = 0,
-                 fine_tune_learning_rate: float = 1e-4, name: str = "concat"):
+                 fine_tune_learning_rate: float = 1e-4, include: Sequence[str] | None = None,
+                 name: str = "concat"):
     """Concatenate the frozen members' features and fit a new softmax head on `train`.
 
+    `include` names the members to concatenate (default: all; a SavedModel member, which
+    cannot be looked inside, must be left out).
     `val` drives early stopping (best weights restored). `fine_tune_layers=k` then trains
     the last `k` weighted layers of each member too, at `fine_tune_learning_rate`.
     """
     from kernelib.data import make_dataset
     from kernelib.train import compile_model
 
-    models = prepare(members, "concat")
+    models = prepare(pick(members, include, "concat", "include"), "concat")
     if not isinstance(fine_tune_layers, int) or fine_tune_layers < 0:
         raise MergeError(f"strategy 'concat': 'fine_tune_layers' must be an integer >= 0; "
                          f"received {fine_tune_layers!r}")
