@@ -44,8 +44,9 @@ class MemberSpec(_Strict):
     image_size: int | None = Field(
         None, ge=32, le=512, description="backbone recipes: side of the resized input (None = 32)")
     weights: str | None = Field(
-        None, description="backbone recipes: absolute path of a local .weights.h5 file for the "
-                          "backbone (None = random initialisation)")
+        None, description="backbone recipes: absolute path of a local .weights.h5 file (or a "
+                          "Keras ImageNet .h5 file) for the headless backbone (None = random "
+                          "initialisation)")
     trainable: bool = Field(
         True, description="backbone recipes: false freezes the backbone (only the new head "
                           "trains) and puts the backbone's own preprocess convention in front")
@@ -75,10 +76,11 @@ class MemberSpec(_Strict):
                 f"{list(BACKBONES)} only; received recipe={self.recipe!r}. Remove them."
             )
         if self.weights and not (Path(self.weights).is_absolute()
-                                 and self.weights.endswith(".weights.h5")):
+                                 and self.weights.endswith(".h5")):
             raise ValueError(
                 f"member '{self.name}': 'weights' must be an absolute path to a .weights.h5 "
-                f"file; received {self.weights!r}"
+                f"file or a Keras ImageNet .h5 file (~/.keras/models/); received "
+                f"{self.weights!r}"
             )
         file_only = {k: getattr(self, k) for k in ("class_names", "output")
                      if getattr(self, k) is not None}
