@@ -257,31 +257,36 @@ def features(model, name: str | None = None):
     """`model` up to its penultimate features: the input of its final classifier layer.
 
     Nested models (an adapted member, a member wrapping a backbone) are looked into, and
-    activation-only final layers (a `Softmax` after logits) are stepped over.
+    final layers without weights (a `Softmax` after logits) or adapt's class reordering are
+    stepped over. For a flat model the result shares its layers (same weights).
     """
     import keras
 
     name = name or f"{model.name}_features"
+    tensor, nested = _penultimate(model)
+    if nested is None:
+        return keras.Model(model.inputs, tensor, name=name)
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), name=f"{name}_input")
-    return keras.Model(inputs, _features_of(model, inputs, name), name=name)
+    x = inputs
+    if tensor is not model.inputs[0]:  # layers between the input and the nested model
+        x = keras.Model(model.inputs, tensor, name=f"{name}_front")(x, training=False)
+    x = features(nested, f"{name}_inner")(x, training=False)
+    return keras.Model(inputs, x, name=name)
 
 
-def _features_of(model, x, name: str, depth: int = 0):
-    """Apply `model` to the symbolic `x`, stopping before its final weighted layer."""
-    import keras
-
+def _penultimate(model):
+    """(tensor, None): the input of `model`'s final weighted layer; or (tensor, nested): a
+    nested model computes the output from `tensor`."""
     tensor = model.outputs[0]
     while True:
         history = tensor._keras_history
         op = history.operation
         (inner,) = op._inbound_nodes[history.node_index].input_tensors
-        if getattr(op, "outputs", None):  # a nested model: its features, on what feeds it
-            prefix = keras.Model(model.inputs, inner, name=f"{name}_{depth}_front")
-            return _features_of(op, prefix(x, training=False), name, depth + 1)
+        if getattr(op, "outputs", None):
+            return inner, op
         if op.weights and not op.name.endswith(_CLASS_ORDER):
-            break
-        tensor = inner  # a class reordering or an activation-only layer (Softmax, Identity)
-    return keras.Model(model.inputs, inner, name=f"{name}_{depth}")(x, training=False)
+            return inner, None
+        tensor = inner
 
 
 # ---------------------------------------------------------------------------- fronts
