@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import yaml
+from test_your_models import PERM, files  # noqa: F401  the module fixture of user members
 
 from conftest import ROOT, kernelib_cli
-from test_your_models import PERM, files  # noqa: F401  the module fixture of user members
 
 pytestmark = pytest.mark.e2e
 
