@@ -151,7 +151,7 @@ def _wrap_saved_model(path: Path, name: str):
 
 
 def load_keras(path: str | Path, *, trust: bool = False):
-    """Load a `.keras` file kernelib wrote (a member or merged model of a run).
+    """Load a `.keras` or `.h5` file kernelib wrote (a member, merged or exported model).
 
     Safe mode stays on, except that a file whose only unsafe layers are `TFSMLayer`s (the
     SavedModel members kernelib copied into the run) loads; `trust=True` loads anything.
@@ -162,10 +162,23 @@ def load_keras(path: str | Path, *, trust: bool = False):
 
     path = Path(path)
     if not trust:
-        with zipfile.ZipFile(path) as z:
-            config = z.read("config.json").decode()
+        config = _stored_config(path)
         trust = '"TFSMLayer"' in config and '"Lambda"' not in config
-    return keras.saving.load_model(path, compile=False, safe_mode=not trust)
+    # the legacy .h5 loader knows only built-in layers by name: TFSMLayer is keras.layers'
+    return keras.saving.load_model(path, compile=False, safe_mode=not trust,
+                                   custom_objects={"TFSMLayer": keras.layers.TFSMLayer})
+
+
+def _stored_config(path: Path) -> str:
+    """The model config JSON inside a `.keras` (zip) or legacy `.h5` file."""
+    if path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config", "")
+        return config.decode() if isinstance(config, bytes) else str(config)
+    with zipfile.ZipFile(path) as z:
+        return z.read("config.json").decode()
 
 
 def save_model(model, path: str | Path) -> Path:

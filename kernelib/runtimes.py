@@ -109,14 +109,10 @@ def _tensorflow():
 
 def _keras(path: str) -> Runner:
     tf = _tensorflow()
-    import keras
 
-    if path.endswith(".keras"):  # safe mode; a SavedModel member's TFSMLayer allowed
-        from kernelib.members import load_keras
+    from kernelib.members import load_keras
 
-        model = load_keras(path)
-    else:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    model = load_keras(path)  # safe mode; a SavedModel member's TFSMLayer allowed
     return Runner("keras", tuple(model.input_shape[1:]), keras_function(model, tf), keep=model)
 
 

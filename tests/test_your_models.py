@@ -274,3 +274,14 @@ def test_savedmodel_member_in_concat_refused_before_any_stage(files):
         pipeline.check_member_files(params.validate_config(cfg))
     cfg["merge"]["concat_members"] = ["mlp", "z"]
     pipeline.check_member_files(params.validate_config(cfg))
+
+
+def test_merged_model_holding_a_savedmodel_member_exports(adapted, splits, tmp_path):
+    """The TFSMLayer inside loads back in every format's runtime (keras and h5 included)."""
+    from kernelib import export
+    from kernelib.merge import merge
+
+    model = merge([adapted["saved"], adapted["mlp"]], "average")
+    formats = ["keras", "h5", "saved_model", "tflite", "onnx"]
+    manifest = export.export(model, tmp_path, formats, name="m", test=splits.test, repeats=3)
+    assert sorted(manifest.formats) == sorted(formats)
