@@ -285,3 +285,28 @@ def test_merged_model_holding_a_savedmodel_member_exports(adapted, splits, tmp_p
     formats = ["keras", "h5", "saved_model", "tflite", "onnx"]
     manifest = export.export(model, tmp_path, formats, name="m", test=splits.test, repeats=3)
     assert sorted(manifest.formats) == sorted(formats)
+
+
+@pytest.mark.parametrize("recipe", ["vgg16", "mobilenet_v3_small"])
+def test_frozen_backbone_trains_only_its_new_head(recipe, splits):
+    """`trainable: false`: the backbone's weights are frozen and its own convention is in front."""
+    import keras
+    import tensorflow as tf
+
+    from kernelib import data, zoo
+
+    pre = data.build_preprocessor(splits.x_train)
+    model = zoo.build(recipe, preprocessor=pre, n_classes=10, name="b", image_size=32,
+                      trainable=False, value_range=RANGE)
+    backbone = next(la for la in model.layers if isinstance(la, keras.Model))
+    assert backbone.weights and not backbone.trainable_weights
+    head = [w for la in model.layers if not isinstance(la, keras.Model)
+            for w in la.trainable_weights]
+    assert len(model.trainable_weights) == len(head) == 4  # features and probs Dense
+    x = splits.x_val[:2]
+    x255 = np.repeat(tf.image.resize(x * 255 / 16, (32, 32), "bilinear").numpy(), 3, -1)
+    want = (keras.applications.vgg16.preprocess_input(x255) if recipe == "vgg16"
+            else x255 / 127.5 - 1)
+    front_end = model.get_layer(f"{recipe}_{zoo.CONVENTIONS[recipe]}")  # what feeds the backbone
+    got = keras.Model(model.inputs, front_end.output)(x)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-3)
