@@ -180,7 +180,7 @@ def step_key(step: Step, *, notebook: str, sources: str, upstream: dict[str, str
     given = {}
     if step.stage == "load":
         for m in p.get("members", []):
-            if m.get("path") and Path(m["path"]).is_file():
+            if m.get("path") and Path(m["path"]).exists():  # a SavedModel folder too
                 given[m["name"]] = io.sha256(m["path"])
     return _digest({"label": step.label, "notebook": notebook, "params": p, "sources": sources,
                     "versions": env, "given_files": given, "upstream": upstream})
