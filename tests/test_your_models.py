@@ -310,3 +310,24 @@ def test_frozen_backbone_trains_only_its_new_head(recipe, splits):
     front_end = model.get_layer(f"{recipe}_{zoo.CONVENTIONS[recipe]}")  # what feeds the backbone
     got = keras.Model(model.inputs, front_end.output)(x)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-3)
+
+
+def test_resizing_front_before_a_nested_backbone_exports_as_savedmodel(splits, tmp_path):
+    """Resizing defaults to training=True and a nested backbone inherited it (batch norm in
+    training mode: the SavedModel disagreed with Keras by 0.4); fronts say training=False."""
+    import keras
+
+    from kernelib import export
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((36, 36, 3))  # not a whole multiple of 8: a Resizing layer
+    backbone = keras.applications.MobileNetV3Small(
+        input_shape=(36, 36, 3), include_top=False, weights=None, pooling="avg",
+        include_preprocessing=False)
+    member = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(backbone(inputs)),
+                         name="mnv3")
+    model = members.adapt(member, RAW, preprocess="tf", value_range=RANGE)
+    assert isinstance(model.get_layer("mnv3_resize"), keras.layers.Resizing)
+    manifest = export.export(model, tmp_path, ["saved_model"], name="m",
+                             test=(splits.x_test[:64], splits.y_test[:64]), repeats=3)
+    assert manifest["saved_model"]["parity"] <= 1e-5
