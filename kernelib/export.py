@@ -221,6 +221,8 @@ def _write_file(model, fmt: str, dest: Path, *, saved_model: str | Path | None =
     with _quiet_logs():
         if fmt in ("keras", "h5"):  # h5: legacy HDF5, by the suffix
             model.save(dest)
+            if fmt == "h5":
+                _check_h5_loads(dest)
         elif fmt == "saved_model":
             model.export(str(dest), format="tf_saved_model", verbose=False)
         elif fmt == "onnx":
@@ -228,6 +230,21 @@ def _write_file(model, fmt: str, dest: Path, *, saved_model: str | Path | None =
         else:
             dest.write_bytes(_convert_tflite(Path(saved_model), fmt, calibration_data))
     return dest
+
+
+def _check_h5_loads(path: Path) -> None:
+    """Legacy HDF5 cannot hold every model Keras 3 builds; say why instead of a verifier's tail."""
+    from kernelib.members import load_keras
+
+    try:
+        load_keras(path)
+    except Exception as err:  # Keras' legacy loader raises anything
+        raise ExportError(
+            f"the legacy HDF5 format (h5) cannot hold this model: Keras' legacy loader fails "
+            f"to read it back ({type(err).__name__}: {str(err).splitlines()[0]}). Known "
+            "case: MobileNetV3 backbones (scalar operations in their graph). Export it as "
+            "'keras' (or saved_model, onnx, tflite), or leave 'h5' out of export.formats."
+        ) from err
 
 
 @contextlib.contextmanager
