@@ -26,8 +26,10 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Sneaker", "Bag", "Ankle boot"]
 _FASHION_FILES = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
                   "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}
-_INFO = {"digits": {"input_shape": (8, 8, 1), "n_classes": 10, "train_rows": 1797},
-         "fashion_mnist": {"input_shape": (28, 28, 1), "n_classes": 10, "train_rows": 60000}}
+_INFO = {"digits": {"input_shape": (8, 8, 1), "n_classes": 10, "train_rows": 1797,
+                    "class_names": [str(d) for d in range(10)], "value_range": (0.0, 16.0)},
+         "fashion_mnist": {"input_shape": (28, 28, 1), "n_classes": 10, "train_rows": 60000,
+                           "class_names": FASHION_MNIST_CLASSES, "value_range": (0.0, 255.0)}}
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,12 @@ def dataset_info(spec: Any) -> dict[str, Any]:
             raise DataError(f"unknown dataset '{spec}'; built-in datasets: {list(DATASETS)}")
         return _INFO[spec]
     ds = load_dataset(spec)
+    folder = getattr(spec, "kind", None) == "folder" or (isinstance(spec, dict)
+                                                         and spec.get("kind") == "folder")
     return {"input_shape": ds.input_shape, "n_classes": ds.n_classes,
-            "train_rows": int((ds.part == "train").sum())}
+            "train_rows": int((ds.part == "train").sum()), "class_names": ds.class_names,
+            # decoded images hold 0..255; arrays hold what the user stored
+            "value_range": (0.0, 255.0) if folder else (float(ds.x.min()), float(ds.x.max()))}
 
 
 def check_dataset(spec: Any, *, train_rows: int | None = None) -> dict[str, Any]:

@@ -691,18 +691,17 @@ def cost_table(run, *, repeats: int = 30):
     Loads each model listed in `merged/models.json` and times its compiled forward pass
     (`kernelib.cost`). Timings vary between runs, so they go to `timings/cost.json`, not metrics/.
     """
-    import keras
     import pandas as pd
 
-    import kernelib.merge  # noqa: F401  registers kernelib's layers for loading
     from kernelib import cost, io
+    from kernelib.members import load_keras
 
     files = io.read_json(run.require(run.merged / "models.json", "merge"))
     rows = []
     for name, info in files.items():
         path = run.root / info["path"]
         try:
-            model = keras.saving.load_model(run.require(path, "merge"), compile=False)
+            model = load_keras(run.require(path, "merge"))
         except (TypeError, ValueError, OSError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise MemberError(f"cannot load '{name}' from '{path}' to time it: {first}. "
@@ -723,14 +722,17 @@ def cached(run, split: str, name: str) -> np.ndarray:
     return preds[split][name]
 
 
-def load_selected(run):
-    """The model chosen by the evaluate stage: `(name, keras.Model)`."""
-    import keras
-
-    import kernelib.merge  # noqa: F401  registers kernelib's layers for loading
+def load_selected(run, name: str | None = None):
+    """The model chosen by the evaluate stage, or the member or merged model `name`:
+    `(name, keras.Model)`."""
     from kernelib import io
+    from kernelib.members import load_keras
 
-    summary = io.read_json(run.require(run.metrics / "summary.json", "evaluate"))
     files = io.read_json(run.require(run.merged / "models.json", "merge"))
-    name = summary["selected"]
-    return name, keras.saving.load_model(run.root / files[name]["path"], compile=False)
+    if name is None:
+        name = io.read_json(run.require(run.metrics / "summary.json", "evaluate"))["selected"]
+    if name not in files:
+        raise MemberError(f"'{name}' is neither a member nor a merged model of this run; "
+                          f"valid: {sorted(files)}. Set export.model to one of them (or null "
+                          "for the model the evaluate stage selected).")
+    return name, load_keras(run.root / files[name]["path"])

@@ -46,7 +46,7 @@ from kernelib import io, paths, runtimes
 from kernelib.errors import ExportError
 
 FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8",
-           "onnx")
+           "onnx", "h5")
 # format -> (figure it is judged by, tolerance); "max" figures must stay at or below it.
 CRITERIA: dict[str, tuple[str, float]] = {
     "keras": ("max_abs_diff", 1e-6),
@@ -56,11 +56,12 @@ CRITERIA: dict[str, tuple[str, float]] = {
     "tflite_dynamic": ("top1_agreement", 0.99),
     "tflite_int8": ("accuracy_drop", 0.01),
     "onnx": ("max_abs_diff", 1e-4),
+    "h5": ("max_abs_diff", 1e-6),
 }
 _AT_MOST = ("max_abs_diff", "accuracy_drop")
 _FILE_SUFFIX = {"keras": ".keras", "tflite": ".tflite", "tflite_fp16": "_fp16.tflite",
                 "tflite_dynamic": "_dynamic.tflite", "tflite_int8": "_int8.tflite",
-                "onnx": ".onnx"}
+                "onnx": ".onnx", "h5": ".h5"}
 # Keras augmentation layers that are not named Random* (those all are).
 _AUGMENTATION = ("AugMix", "CutMix", "MixUp", "RandAugment", "Solarization")
 _LOW_PRECISION = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
@@ -227,8 +228,10 @@ def reference_predictions(model, x: np.ndarray) -> np.ndarray:
 def _write_file(model, fmt: str, dest: Path, *, saved_model: str | Path | None = None,
                 calibration_data: np.ndarray | None = None) -> Path:
     with _quiet_logs():
-        if fmt == "keras":
+        if fmt in ("keras", "h5"):  # h5: legacy HDF5, by the suffix
             model.save(dest)
+            if fmt == "h5":
+                _check_h5_loads(dest)
         elif fmt == "saved_model":
             model.export(str(dest), format="tf_saved_model", verbose=False)
         elif fmt == "onnx":
@@ -236,6 +239,21 @@ def _write_file(model, fmt: str, dest: Path, *, saved_model: str | Path | None =
         else:
             dest.write_bytes(_convert_tflite(Path(saved_model), fmt, calibration_data))
     return dest
+
+
+def _check_h5_loads(path: Path) -> None:
+    """Legacy HDF5 cannot hold every model Keras 3 builds; say why instead of a verifier's tail."""
+    from kernelib.members import load_keras
+
+    try:
+        load_keras(path)
+    except Exception as err:  # Keras' legacy loader raises anything
+        raise ExportError(
+            f"the legacy HDF5 format (h5) cannot hold this model: Keras' legacy loader fails "
+            f"to read it back ({type(err).__name__}: {str(err).splitlines()[0]}). Known "
+            "case: MobileNetV3 backbones (scalar operations in their graph). Export it as "
+            "'keras' (or saved_model, onnx, tflite), or leave 'h5' out of export.formats."
+        ) from err
 
 
 @contextlib.contextmanager

@@ -13,15 +13,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kernelib import data, zoo
+from kernelib import members as _members
 from kernelib.errors import ConfigError
 
 STAGES = ("load", "preprocess", "train", "merge", "evaluate", "export")
 MERGE_STRATEGIES = ("average", "vote", "weighted", "select", "stacking", "concat", "soup",
                     "distill")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8",
-                  "onnx")
+                  "onnx", "h5")
 BACKBONES = tuple(zoo.BACKBONES)  # the zoo is the one list (it imports no TensorFlow)
 RECIPES = (*zoo.RECIPES, *BACKBONES)
+PREPROCESS = _members.PREPROCESS  # members imports no TensorFlow either
 
 
 class _Exact(BaseModel):
@@ -42,11 +44,12 @@ class _Strict(_Exact):
 
 
 class MemberSpec(_Strict):
-    """One member: trained from a zoo recipe, or read from a `.keras` file."""
+    """One member: trained from a zoo recipe, or read from a `.keras`/`.h5` file or SavedModel."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", description="unique member name")
     recipe: Literal[RECIPES] | None = Field(None, description="zoo recipe to train")
-    path: str | None = Field(None, description="a trained .keras file to use as is")
+    path: str | None = Field(None, description="a trained model to use as is: a .keras file, a "
+                             "legacy .h5 file or a SavedModel folder")
     seed: int = Field(0, ge=0, description="seed of the member's initialisation and data order")
     finetune_from: str | None = Field(
         None, description="start from this earlier member's trained weights instead of a fresh "
@@ -54,8 +57,24 @@ class MemberSpec(_Strict):
     image_size: int | None = Field(
         None, ge=32, le=512, description="backbone recipes: side of the resized input (None = 32)")
     weights: str | None = Field(
-        None, description="backbone recipes: absolute path of a local .weights.h5 file for the "
-                          "backbone (None = random initialisation)")
+        None, description="backbone recipes: absolute path of a local .weights.h5 file (or a "
+                          "Keras ImageNet .h5 file) for the headless backbone (None = random "
+                          "initialisation)")
+    trainable: bool = Field(
+        True, description="backbone recipes: false freezes the backbone (only the new head "
+                          "trains) and puts the backbone's own preprocess convention in front")
+    preprocess: Literal[PREPROCESS] = Field(
+        "none", description="member files: the value convention the member was trained on "
+                            "(keras.applications': rescale 0..1, tf -1..1, caffe, torch; none = "
+                            "the dataset's raw values)")
+    class_names: list[str] | None = Field(
+        None, description="member files: the classes in the order the member predicts them "
+                          "(None = the dataset's order)")
+    output: Literal["probabilities", "logits"] | None = Field(
+        None, description="member files: what the member outputs (None = detected from its "
+                          "final layer)")
+    trust: bool = Field(False, description="member files: load outside Keras' safe mode (a "
+                        "file with Lambda layers; only for files you trust)")
     bag: float | None = Field(
         None, gt=0.0, le=1.0, description="recipe members: train on a seeded random share of "
                                           "the training rows (a bag, drawn with the member's "
@@ -74,14 +93,28 @@ class MemberSpec(_Strict):
                 f"{list(BACKBONES)} only; received recipe={self.recipe!r}. Remove them."
             )
         if self.weights and not (Path(self.weights).is_absolute()
-                                 and self.weights.endswith(".weights.h5")):
+                                 and self.weights.endswith(".h5")):
             raise ValueError(
                 f"member '{self.name}': 'weights' must be an absolute path to a .weights.h5 "
-                f"file; received {self.weights!r}"
+                f"file or a Keras ImageNet .h5 file (~/.keras/models/); received "
+                f"{self.weights!r}"
             )
         if self.bag is not None and self.recipe is None:
             raise ValueError(f"member '{self.name}': 'bag' chooses the rows a recipe member "
                              f"trains on; received path={self.path!r}. Remove 'bag'.")
+        file_only = {k: getattr(self, k) for k in ("class_names", "output")
+                     if getattr(self, k) is not None}
+        file_only.update({k: getattr(self, k) for k, default in
+                          (("preprocess", "none"), ("trust", False))
+                          if getattr(self, k) != default})
+        if self.path is None and file_only:
+            raise ValueError(
+                f"member '{self.name}': {sorted(file_only)} apply to members given by 'path' "
+                f"only; received them with recipe={self.recipe!r}. Remove them.")
+        if self.recipe not in BACKBONES and not self.trainable:
+            raise ValueError(
+                f"member '{self.name}': 'trainable: false' freezes a backbone recipe "
+                f"{list(BACKBONES)}; received recipe={self.recipe!r}. Remove it.")
         if self.finetune_from is not None and self.path is not None:
             raise ValueError(
                 f"member '{self.name}': 'finetune_from' needs a 'recipe' (the base member's); "
@@ -288,6 +321,9 @@ class MergeParams(_Strict):
                              "the head is fitted (0 = members stay frozen)")
     concat_fine_tune_learning_rate: float = Field(
         1e-4, gt=0.0, le=1.0, description="'concat': learning rate of the fine-tuning phase")
+    concat_members: list[str] | None = Field(
+        None, description="'concat': member names whose features it concatenates (None = every "
+                          "member; a SavedModel member cannot join)")
     soup_mode: Literal["uniform", "greedy"] = Field(
         "greedy", description="'soup': average all ingredients, or add them greedily on val "
                               "(see soup_metric)")
@@ -346,6 +382,8 @@ class ExportParams(_Strict):
         description="export formats, each verified by its own runtime on the test split",
     )
     name: str = Field("digits", pattern=r"^[A-Za-z0-9_\-]+$", description="served model name")
+    model: str | None = Field(None, description="member or merged model to export (a member "
+                              "name or a strategy); None = the model the evaluate stage selected")
     version: int = Field(1, ge=1, description="served model version (TF Serving folder)")
     overwrite: bool = Field(True, description="replace this run's earlier exports of this "
                             "name and version when the stage runs again (false refuses); "
@@ -421,6 +459,24 @@ class Config(_Strict):
         if unknown:
             raise ValueError(f"merge.soup_ingredients names {unknown}, which are not members; "
                              f"members: {names}")
+        return self
+
+
+    @model_validator(mode="after")
+    def _concat_members_known(self) -> Config:
+        names = [m.name for m in self.load.members]
+        unknown = sorted(set(self.merge.concat_members or []) - set(names))
+        if unknown:
+            raise ValueError(f"merge.concat_members names {unknown}, which are not members; "
+                             f"members: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _export_model_known(self) -> Config:
+        valid = [m.name for m in self.load.members] + list(self.merge.strategies)
+        if self.export.model is not None and self.export.model not in valid:
+            raise ValueError(f"export.model names {self.export.model!r}, which is neither a "
+                             f"member nor a merge strategy of this config; valid: {valid}")
         return self
 
 

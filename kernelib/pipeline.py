@@ -93,17 +93,15 @@ def resolve_member_paths(config: params.Config, base: Path) -> params.Config:
 
 
 def check_member_files(config: params.Config, info: dict[str, Any] | None = None) -> None:
-    """Before any run folder exists: every member file loads and fits the dataset."""
-    given = [m for m in config.load.members if m.path]
-    if not given:
+    """Before any run folder exists: every member file loads, adapts to the dataset's input
+    and outputs finite class probabilities."""
+    if not any(m.path for m in config.load.members):
         return
-    from kernelib import data, members
+    from kernelib import members
 
-    info = info or data.dataset_info(config.load.dataset)
-    for spec in given:
-        member = members.load_member(spec.path, name=spec.name)
-        members.check_compatible([member], input_shape=info["input_shape"],
-                                 n_classes=info["n_classes"])
+    inside = {"concat": config.merge.concat_members, "soup": config.merge.soup_ingredients}
+    members.preflight(config.load.members, info or data.dataset_info(config.load.dataset),
+                      inside={s: n for s, n in inside.items() if s in config.merge.strategies})
 
 
 def plan(config: params.Config, run_root: Path) -> list[Step]:
@@ -186,7 +184,7 @@ def step_key(step: Step, *, notebook: str, sources: str, upstream: dict[str, str
     given = {}
     if step.stage == "load":
         for m in p.get("members", []):
-            if m.get("path") and Path(m["path"]).is_file():
+            if m.get("path") and Path(m["path"]).exists():  # a SavedModel folder too
                 given[m["name"]] = io.sha256(m["path"])
         if isinstance(p.get("dataset"), dict):
             given["dataset"] = data.source_hash(p["dataset"]["path"])

@@ -56,7 +56,7 @@ class Runner:
 
 def runtime_kind(fmt: str) -> str:
     """The runtime family of an export format (`tflite_int8` -> `tflite`)."""
-    return "tflite" if fmt.startswith("tflite") else fmt
+    return "tflite" if fmt.startswith("tflite") else "keras" if fmt == "h5" else fmt
 
 
 def detect_format(path: str | Path) -> tuple[str, Path]:
@@ -78,10 +78,10 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
             return "saved_model", versions[-1][1]
         raise ExportError(f"'{path}' is a folder without saved_model.pb or numbered version "
                           "folders; pass a SavedModel folder (e.g. export/digits/1).")
-    kinds = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+    kinds = {".keras": "keras", ".h5": "keras", ".tflite": "tflite", ".onnx": "onnx"}
     if path.suffix not in kinds:
-        raise ExportError(f"cannot tell the format of '{path.name}'; valid: .keras, .tflite, "
-                          ".onnx files or a SavedModel folder")
+        raise ExportError(f"cannot tell the format of '{path.name}'; valid: .keras, .h5, "
+                          ".tflite, .onnx files or a SavedModel folder")
     return kinds[path.suffix], path
 
 
@@ -109,16 +109,10 @@ def _tensorflow():
 
 def _keras(path: str) -> Runner:
     tf = _tensorflow()
-    import keras
 
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except TypeError as err:
-        if "Could not locate class" not in str(err):
-            raise
-        import kernelib.merge  # noqa: F401  registers kernelib's serializable layers, then retry
+    from kernelib.members import load_keras
 
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    model = load_keras(path)  # safe mode; a SavedModel member's TFSMLayer allowed
     return Runner("keras", tuple(model.input_shape[1:]), keras_function(model, tf), keep=model)
 
 

@@ -4,7 +4,7 @@ Every recipe puts the run's preprocessing model in front (so a member takes raw 
 names its penultimate layer `features` and ends in a float32 softmax layer `probs`
 (float32 even under mixed precision).
 
-Backbones (`mobilenet_v3_small`, `efficientnet_b0`, `vgg16`) get a resizing front: the
+Backbones (`mobilenet_v3_small`, `efficientnet_b0`, `vgg16`, `resnet50`) get a resizing front: the
 preprocessed image is upsampled (bilinear, by a whole factor) to `image_size` x
 `image_size` (default 32, the smallest size these networks accept) and a one-channel
 image is repeated to three channels, so
@@ -85,12 +85,18 @@ BACKBONES: dict[str, tuple[str, dict]] = {
     "mobilenet_v3_small": ("MobileNetV3Small", {"include_preprocessing": False}),
     "efficientnet_b0": ("EfficientNetB0", {}),
     "vgg16": ("VGG16", {}),
+    "resnet50": ("ResNet50", {}),
 }
+# Each backbone's own input convention (keras.applications' preprocess_input), used in front
+# of a pretrained or frozen backbone; "0..255" = raw pixels (EfficientNet rescales inside).
+CONVENTIONS = {"mobilenet_v3_small": "tf", "efficientnet_b0": "0..255", "vgg16": "caffe",
+               "resnet50": "caffe"}
 DEFAULT_IMAGE_SIZE = 32
 BN_MOMENTUM = 0.9
 
 
-def _backbone(x, keras, *, recipe: str, image_size: int, weights: str | None):
+def _backbone(x, keras, *, recipe: str, image_size: int, weights: str | None,
+              trainable: bool = True, value_range: tuple[float, float] | None = None):
     constructor, kwargs = BACKBONES[recipe]
     height, width = x.shape[1:3]
     if height != width or image_size % height:
@@ -108,6 +114,8 @@ def _backbone(x, keras, *, recipe: str, image_size: int, weights: str | None):
     if x.shape[-1] != 3:
         raise ConfigError(f"backbone recipe '{recipe}' needs 1- or 3-channel images; received "
                           f"{x.shape[-1]} channels. Use a recipe from {sorted(RECIPES)}.")
+    if value_range is not None:  # raw pixels -> the backbone's own convention
+        x = _convention(x, keras, recipe, value_range)
     backbone = getattr(keras.applications, constructor)(
         input_shape=(image_size, image_size, 3), include_top=False, weights=weights,
         pooling="avg", **kwargs)
@@ -116,24 +124,44 @@ def _backbone(x, keras, *, recipe: str, image_size: int, weights: str | None):
             # ImageNet momenta (0.99-0.999) leave the moving statistics near their start after
             # the few hundred steps a small dataset gives: validation then sees chance level
             layer.momentum = BN_MOMENTUM
-    x = backbone(x)
+    backbone.trainable = trainable
+    x = backbone(x, training=False) if not trainable else backbone(x)
     x = keras.layers.Dropout(0.2)(x)
     return keras.layers.Dense(64, activation="relu", name="features")(x)
 
 
+def _convention(x, keras, recipe: str, value_range: tuple[float, float]):
+    from kernelib.members import front_layers
+
+    lo, hi = value_range
+    if CONVENTIONS[recipe] == "0..255":
+        return keras.layers.Rescaling(255.0 / (hi - lo), offset=-255.0 * lo / (hi - lo),
+                                      name="to_0_255")(x)
+    shape = tuple(x.shape[1:])
+    for layer in front_layers(shape, shape, preprocess=CONVENTIONS[recipe],
+                              value_range=value_range, name=recipe):
+        x = layer(x)
+    return x
+
+
 def build(recipe: str, *, preprocessor, n_classes: int, name: str, seed: int = 0,
-          image_size: int | None = None, weights: str | None = None):
+          image_size: int | None = None, weights: str | None = None, trainable: bool = True,
+          value_range: tuple[float, float] = (0.0, 255.0)):
     """Build an untrained member: preprocessing -> recipe body -> `features` -> softmax `probs`.
 
     `preprocessor` is the run's preprocessing `keras.Model` (its input shape is the member's).
-    `image_size` and `weights` (a local `.weights.h5` file) apply to backbone recipes only.
+    `image_size`, `weights` (a local `.weights.h5` file) and `trainable` apply to backbone
+    recipes only. A pretrained (`weights`) or frozen (`trainable=False`) backbone takes the
+    raw input (in `value_range`) through its own convention (`CONVENTIONS`) instead of the
+    run's normalisation, as its weights expect; a frozen one runs in inference mode and only
+    the new head trains.
     """
     import keras
 
     valid = sorted(RECIPES) + sorted(BACKBONES)
     if recipe not in valid:
         raise ConfigError(f"unknown recipe '{recipe}'; valid recipes: {valid}")
-    if recipe not in BACKBONES and (image_size or weights):
+    if recipe not in BACKBONES and (image_size or weights or not trainable):
         raise ConfigError(f"'image_size' and 'weights' apply to backbone recipes "
                           f"{sorted(BACKBONES)} only; received recipe '{recipe}'.")
     if weights is not None and not Path(weights).is_file():
@@ -141,11 +169,13 @@ def build(recipe: str, *, preprocessor, n_classes: int, name: str, seed: int = 0
                           f"file, received '{weights}'. Give an existing file or weights=None.")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=preprocessor.input_shape[1:], name="image")
-    front = keras.models.clone_model(preprocessor)  # each member owns its copy
-    x = front(inputs)
+    pretrained = recipe in BACKBONES and (weights is not None or not trainable)
+    # each member owns its copy of the run's normalisation
+    x = inputs if pretrained else keras.models.clone_model(preprocessor)(inputs)
     if recipe in BACKBONES:
         x = _backbone(x, keras, recipe=recipe, image_size=image_size or DEFAULT_IMAGE_SIZE,
-                      weights=weights)
+                      weights=weights, trainable=trainable,
+                      value_range=value_range if pretrained else None)
     else:
         x = RECIPES[recipe](x, keras)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(x)
@@ -153,14 +183,15 @@ def build(recipe: str, *, preprocessor, n_classes: int, name: str, seed: int = 0
 
 
 def finetune(base, recipe: str, *, preprocessor, n_classes: int, name: str, seed: int = 0,
-             image_size: int | None = None):
+             image_size: int | None = None, trainable: bool = True,
+             value_range: tuple[float, float] = (0.0, 255.0)):
     """A member of `recipe` that starts from the trained `base` member's weights (an ingredient).
 
     The architecture is rebuilt from the recipe (so it is the base's), then every weight is
     copied from `base`; `seed` still sets dropout and, in training, the data order.
     """
     model = build(recipe, preprocessor=preprocessor, n_classes=n_classes, name=name, seed=seed,
-                  image_size=image_size)
+                  image_size=image_size, trainable=trainable, value_range=value_range)
     mine, theirs = model.get_weights(), base.get_weights()
     shapes = [w.shape for w in mine], [w.shape for w in theirs]
     if shapes[0] != shapes[1]:

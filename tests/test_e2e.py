@@ -153,7 +153,7 @@ def _make_member(path: Path, input_shape, n_classes):
     ("unknown_key", 2, r"train\.epohcs: unknown key"),
     ("wrong_type", 2, r"train\.batch_size: .*integer"),
     ("missing_file", 1, r"MemberError: member file not found.*ghost\.keras"),
-    ("wrong_shape", 1, r"member 'rgb' takes \(8, 8, 3\).*needs \(8, 8, 1\)"),
+    ("wrong_shape", 1, r"member 'seq' takes inputs of shape \(12, 4\).*cannot build"),
     ("wrong_classes", 1, r"member 'five' predicts 5 classes.*has 10"),
 ])
 def test_bad_input_fails_before_any_run_folder(tmp_path, case, code, match):
@@ -165,8 +165,8 @@ def test_bad_input_fails_before_any_run_folder(tmp_path, case, code, match):
     elif case == "missing_file":
         cfg = _write_config(tmp_path, load={"members": members + [{"name": "g", "path": "ghost.keras"}]})
     elif case == "wrong_shape":
-        _make_member(tmp_path / "rgb.keras", (8, 8, 3), 10)
-        cfg = _write_config(tmp_path, load={"members": members + [{"name": "rgb", "path": "rgb.keras"}]})
+        _make_member(tmp_path / "seq.keras", (12, 4), 10)  # an RGB member would be adapted
+        cfg = _write_config(tmp_path, load={"members": members + [{"name": "seq", "path": "seq.keras"}]})
     else:
         _make_member(tmp_path / "five.keras", (8, 8, 1), 5)
         cfg = _write_config(tmp_path, load={"members": members + [{"name": "five", "path": "five.keras"}]})

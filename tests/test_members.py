@@ -38,9 +38,9 @@ def test_corrupted_file(tmp_path):
 
 
 def test_wrong_extension(tmp_path):
-    f = tmp_path / "model.h5"
+    f = tmp_path / "model.pt"
     f.write_bytes(b"x")
-    with pytest.raises(MemberError, match="expected a Keras 3 '.keras' file"):
+    with pytest.raises(MemberError, match="expected a .keras file, a legacy .h5 file or a Saved"):
         members.load_member(f)
 
 
@@ -60,10 +60,13 @@ def test_logit_outputs_are_refused(splits):
         members.check_compatible([logits], probe=splits.x_val)
 
 
-def test_duplicate_names_refused():
+def test_duplicate_names_are_renamed_as_keras_does():
     a, b = _dense((4,), 3, name="same"), _dense((4,), 3, name="same")
-    with pytest.raises(IncompatibleMembersError, match=r"duplicates \['same'\]"):
-        members.as_models([a, b])
+    with pytest.warns(UserWarning, match="renamed 'same' -> 'same_1'"):
+        models = members.as_models([a, b])
+    assert [m.name for m in models] == ["same", "same_1"]
+    with pytest.raises(IncompatibleMembersError, match="same model object is given more"):
+        members.as_models([a, a])
 
 
 def test_member_table_counts_parameters(tiny_members):

@@ -212,7 +212,7 @@ def options_from_params(p, *, run=None, augment: dict | None = None) -> dict[str
         "concat": {"epochs": p.concat_epochs, "learning_rate": p.concat_learning_rate,
                    "fine_tune_layers": p.concat_fine_tune_layers,
                    "fine_tune_learning_rate": p.concat_fine_tune_learning_rate,
-                   "augment": augment, **logs["concat"]},
+                   "augment": augment, "include": p.concat_members, **logs["concat"]},
         "soup": {"mode": p.soup_mode, "metric": p.soup_metric,
                  "ingredients": p.soup_ingredients},
         "distill": {"teacher": p.distill_teacher, "student": p.distill_student,
@@ -239,13 +239,12 @@ def save_all(merged: dict[str, Any], run, *, check_x: np.ndarray):
 
 def save(model, path, *, check_x: np.ndarray) -> float:
     """Save a merged model to one `.keras` file atomically, reload it, return max |Δ| on `check_x`."""
-    import keras
-
     from kernelib import io
+    from kernelib.members import load_keras
 
     with io.atomic_path(path) as tmp:
         model.save(tmp)
-    reloaded = keras.saving.load_model(path, compile=False)
+    reloaded = load_keras(path)
     return float(np.max(np.abs(predict(model, check_x) - predict(reloaded, check_x))))
 
 

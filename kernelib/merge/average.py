@@ -40,7 +40,7 @@ def weighted_model(models: Sequence[Any], weights: Sequence[float], name: str):
     """The model `sum_i w_i * member_i(x)` over the members with a non-zero weight."""
     kept = [(m, w) for m, w in zip(models, weights, strict=True) if w > 0]
     inputs = model_input(models)
-    outputs = weighted_sum([m(inputs) for m, _ in kept], [float(w) for _, w in kept],
+    outputs = weighted_sum([m(inputs, training=False) for m, _ in kept], [float(w) for _, w in kept],
                            [m.name for m, _ in kept])
     return keras.Model(inputs, outputs, name=name)
 

@@ -10,44 +10,75 @@ import numpy as np
 from kernelib.errors import IncompatibleMembersError, MergeError
 from kernelib.evaluate import EPS, correct_rows, nll_rows  # noqa: F401  EPS: merge's clip too
 from kernelib.evaluate import predict_proba as predict
-from kernelib.members import as_models, check_compatible
+from kernelib.members import (
+    as_models,
+    check_compatible,
+    final_layer,
+    is_opaque,
+    output_kind,
+    probe_rows,
+    without_augmentation,
+)
 
 _PROBABILITIES = ("softmax", "probabilities")
+# what a member kernelib cannot look inside (a SavedModel) can join: predictions only
+PREDICTION_LEVEL = ("average", "vote", "weighted", "select", "stacking", "distill")
 
 
 def prepare(members: Sequence[Any], strategy: str, *, min_members: int = 2) -> list[Any]:
-    """Members as uniquely named, mutually compatible models; at least `min_members`.
+    """Members as uniquely named, mutually compatible inference models; at least `min_members`.
 
-    Compatible: one input shape, one class count, and every member outputs class
-    probabilities (a softmax last layer, or rows that sum to one on a probe).
+    Compatible: one input shape, one class count, finite outputs, and every member outputs
+    class probabilities (a final softmax, or rows that sum to one on a probe). Augmentation
+    layers are removed (training-only). Strategies that look inside the members (`concat`,
+    `soup`) refuse a member that is a SavedModel.
     """
     if len(members) < min_members:
         raise MergeError(
             f"strategy '{strategy}' needs at least {min_members} members; received "
             f"{len(members)}. Add members to 'load.members'."
         )
-    models = as_models(members)
+    models = [without_augmentation(m) for m in as_models(members)]
+    if strategy not in PREDICTION_LEVEL:
+        check_inside(models, strategy)
     check_compatible(models)
+    check_finite(models)
     check_activations(models)
     return models
 
 
-def output_activation(model) -> str:
-    """The activation of a member's last layer ('softmax', 'linear', ...).
+def check_inside(models: Sequence[Any], strategy: str, what: str = "looks inside the members") -> None:
+    """Refuse members kernelib cannot look inside (SavedModels) for `strategy`, naming them."""
+    opaque = [m.name for m in models if is_opaque(m)]
+    if opaque:
+        raise MergeError(
+            f"strategy '{strategy}' {what}; member '{opaque[0]}' is a SavedModel, which "
+            f"kernelib cannot look inside. It can join {list(PREDICTION_LEVEL)}; give it as a "
+            f".keras file to use it with '{strategy}', or drop it from this strategy.")
 
-    A last layer without an `activation` (an `Add`, a custom layer) is probed on random
-    rows: 'probabilities' when its rows are non-negative and sum to one, else 'unnormalised'.
-    """
-    layer = model.layers[-1]
-    if type(layer).__name__ == "Softmax":
+
+def check_finite(models: Sequence[Any]) -> None:
+    """Refuse a member whose outputs on sample rows are NaN or infinite, naming it."""
+    for m in models:
+        p = np.asarray(m(probe_rows(m.input_shape[1:], rows=4), training=False))
+        if not np.isfinite(p).all():
+            raise IncompatibleMembersError(
+                f"member '{m.name}' outputs NaN or infinite values on sample input rows "
+                "(expected class probabilities); its weights are probably NaN (a diverged "
+                "training or a damaged file). Retrain it or drop it from the members.")
+
+
+def output_activation(model) -> str:
+    """'softmax' for a final softmax, else 'probabilities' when probe rows are probabilities,
+    else the final layer's activation ('linear', ...) or 'unnormalised'."""
+    if output_kind(model) == "probabilities":
         return "softmax"
-    activation = getattr(layer, "activation", None)
-    if callable(activation):
-        return getattr(activation, "__name__", type(activation).__name__)
-    probe = np.random.default_rng(0).uniform(0.0, 1.0, (4, *model.input_shape[1:]))
-    p = np.asarray(model(probe.astype("float32"), training=False), dtype="float64")
-    ok = np.all(p >= -1e-6) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-3)
-    return "probabilities" if ok else "unnormalised"
+    p = np.asarray(model(probe_rows(model.input_shape[1:], rows=4), training=False),
+                   dtype="float64")
+    if np.all(p >= -1e-6) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-3):
+        return "probabilities"
+    activation = getattr(final_layer(model), "activation", None)
+    return getattr(activation, "__name__", "unnormalised") if callable(activation) else "unnormalised"
 
 
 def check_activations(models: Sequence[Any]) -> None:
@@ -151,3 +182,17 @@ def check_choice(value: Any, valid: Sequence[Any], option: str, strategy: str) -
     if value not in valid:
         raise MergeError(f"strategy '{strategy}': option '{option}' must be one of "
                          f"{list(valid)}; received {value!r}")
+
+
+def pick(members: Sequence[Any], names: Sequence[str] | None, strategy: str,
+         option: str) -> list[Any]:
+    """The members named in `names` (all of them when None), refusing unknown names."""
+    if names is None:
+        return list(members)
+    models = as_models(members)
+    by_name = {m.name: member for m, member in zip(models, members, strict=True)}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise MergeError(f"strategy '{strategy}': '{option}' names {unknown}, which are not "
+                         f"members; members: {list(by_name)}")
+    return [by_name[n] for n in names]

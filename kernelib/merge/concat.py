@@ -15,12 +15,14 @@ from typing import Any
 import keras
 
 from kernelib.errors import MergeError
-from kernelib.merge.base import check_xy, leaf_layers, model_input, prepare
+from kernelib.members import features
+from kernelib.merge.base import check_xy, leaf_layers, model_input, pick, prepare
 
 
 def feature_extractor(model):
-    """The member up to its penultimate layer (the input of its final classifier layer)."""
-    return keras.Model(model.inputs, model.layers[-1].input, name=f"{model.name}_features")
+    """The member up to its penultimate features (the input of its final classifier layer),
+    nested models (a member's front, a backbone) looked into."""
+    return features(model, f"{model.name}_features")
 
 
 def unfreeze_last(model, k: int) -> list[str]:
@@ -35,7 +37,7 @@ def unfreeze_last(model, k: int) -> list[str]:
 
 
 def _copy(model):
-    clone = keras.models.clone_model(model)
+    clone = keras.models.clone_model(model, recursive=True)  # nested members copied too
     clone.set_weights(model.get_weights())
     clone.name = model.name
     return clone
@@ -45,9 +47,12 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
                  seed: int = 0, epochs: int = 20, learning_rate: float = 1e-3,
                  batch_size: int = 64, patience: int = 3, fine_tune_layers: int = 0,
                  fine_tune_learning_rate: float = 1e-4, augment: dict | None = None,
-                 name: str = "concat", log_dir: str | None = None):
+                 include: Sequence[str] | None = None, name: str = "concat",
+                 log_dir: str | None = None):
     """Concatenate the frozen members' features and fit a new softmax head on `train`.
 
+    `include` names the members to concatenate (default: all; a SavedModel member, which
+    cannot be looked inside, must be left out).
     `val` drives early stopping (best weights restored). `fine_tune_layers=k` then trains
     the last `k` weighted layers of each member too, at `fine_tune_learning_rate`.
     `augment` (`data.read_augment`) transforms the training batches (never part of the model).
@@ -56,7 +61,7 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
     from kernelib.data import make_dataset
     from kernelib.train import compile_model, tensorboard_callbacks
 
-    models = prepare(members, "concat")
+    models = prepare(pick(members, include, "concat", "include"), "concat")
     if not isinstance(fine_tune_layers, int) or fine_tune_layers < 0:
         raise MergeError(f"strategy 'concat': 'fine_tune_layers' must be an integer >= 0; "
                          f"received {fine_tune_layers!r}")
@@ -71,7 +76,8 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
     for e in extractors:
         e.trainable = False
     inputs = model_input(models)
-    feats = keras.layers.Concatenate(name="features")([e(inputs) for e in extractors])
+    feats = keras.layers.Concatenate(name="features")([e(inputs, training=False)
+                                                          for e in extractors])
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
                                  name="head")(feats)
     model = keras.Model(inputs, outputs, name=name)

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from kernelib.errors import IncompatibleMembersError, MergeError
-from kernelib.members import as_models
+from kernelib.errors import IncompatibleMembersError
 from kernelib.merge.base import (
     accuracy,
     check_choice,
     check_val,
     leaf_layers,
     nll,
+    pick,
     predict,
     prepare,
 )
@@ -70,18 +70,6 @@ def average_weights(models: Sequence[Any], chosen: Sequence[int]) -> list[np.nda
             .astype(per_model[0][j].dtype) for j in range(len(per_model[0]))]
 
 
-def _pick(members: Sequence[Any], ingredients: Sequence[str] | None) -> list[Any]:
-    if ingredients is None:
-        return list(members)
-    models = as_models(members)
-    by_name = {m.name: member for m, member in zip(models, members, strict=True)}
-    unknown = [n for n in ingredients if n not in by_name]
-    if unknown:
-        raise MergeError(f"strategy 'soup': 'ingredients' names {unknown}, which are not "
-                         f"members; members: {list(by_name)}")
-    return [by_name[n] for n in ingredients]
-
-
 def merge_soup(members: Sequence[Any], *, val: tuple | None = None, mode: str = "greedy",
                metric: str = "accuracy", ingredients: Sequence[str] | None = None,
                name: str = "soup"):
@@ -94,9 +82,9 @@ def merge_soup(members: Sequence[Any], *, val: tuple | None = None, mode: str = 
 
     check_choice(mode, MODES, "mode", "soup")
     check_choice(metric, METRICS, "metric", "soup")
-    models = prepare(_pick(members, ingredients), "soup")
+    models = prepare(pick(members, ingredients, "soup", "ingredients"), "soup")
     check_same_architecture(models)
-    soup = keras.models.clone_model(models[0])
+    soup = keras.models.clone_model(models[0], recursive=True)  # a nested member copied too
     soup.name = name
     if mode == "uniform":
         soup.set_weights(average_weights(models, range(len(models))))

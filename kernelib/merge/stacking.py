@@ -95,7 +95,7 @@ def merge_stacking(members: Sequence[Any], *, val: tuple | None = None, seed: in
     clf, _ = fit_meta_learner(features, y_val, k=k, folds=int(folds), seed=seed)
 
     inputs = model_input(models)
-    parts = [m(inputs) for m in models]
+    parts = [m(inputs, training=False) for m in models]
     if passthrough:
         raw = keras.layers.Flatten(name="raw")(inputs)
         parts.append(keras.layers.Normalization(mean=mean.tolist(), variance=variance.tolist(),

@@ -41,5 +41,5 @@ def merge_vote(members: Sequence[Any], *, name: str = "vote"):
     """Hard majority vote of the members, as one-hot probability rows."""
     models = prepare(members, "vote")
     inputs = model_input(models)
-    outputs = MajorityVote(dtype="float32", name="majority_vote")([m(inputs) for m in models])
+    outputs = MajorityVote(dtype="float32", name="majority_vote")([m(inputs, training=False) for m in models])
     return keras.Model(inputs, outputs, name=name)
