@@ -63,19 +63,20 @@ def make_strategy(distribution: str, tf=None):
     from kernelib.errors import ConfigError
 
     tf = tf or import_tensorflow()
-    gpus = tf.config.list_logical_devices("GPU")
-    if distribution == "none" or (distribution == "auto" and len(gpus) < 2):
-        return None
-    if distribution in ("mirrored", "auto"):
-        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
-    if distribution == "multi_worker":
+    if distribution == "multi_worker":  # first: before anything starts TensorFlow's runtime
         if not os.environ.get("TF_CONFIG"):
             raise ConfigError(
                 "train.distribution 'multi_worker' needs the TF_CONFIG environment variable "
                 "(the cluster's workers and this process's task); received none. Set it on "
                 "every worker (see README 'Several GPUs'), or use 'mirrored' on one machine.")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if distribution == "none" or (distribution == "auto"
+                                  and len(tf.config.list_physical_devices("GPU")) < 2):
+        return None
+    if distribution in ("mirrored", "auto"):
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
     raise ConfigError(f"unknown train.distribution {distribution!r}; valid: none, mirrored, "
                       "multi_worker, auto")
 
@@ -83,6 +84,17 @@ def make_strategy(distribution: str, tf=None):
 def strategy_scope():
     """The chosen strategy's scope (build and compile models in it), or a no-op context."""
     return _strategy.scope() if _strategy is not None else contextlib.nullcontext()
+
+
+def strategy_name() -> str | None:
+    """The public name of the chosen strategy (TensorFlow's classes behind them differ)."""
+    if _strategy is None:
+        return None
+    import tensorflow as tf
+
+    if isinstance(_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(_strategy).__name__
 
 
 def replicas() -> int:
@@ -111,13 +123,14 @@ def setup(*, seed: int, deterministic: bool = True, distribution: str = "none") 
     tf = import_tensorflow()
     import keras
 
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
-    _strategy = make_strategy(distribution, tf)  # starts the runtime: after memory growth
+    # starts the runtime: after memory growth, before anything else (collective ops refuse)
+    _strategy = make_strategy(distribution, tf)
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
     policy = "mixed_float16" if gpus else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return {
@@ -128,7 +141,7 @@ def setup(*, seed: int, deterministic: bool = True, distribution: str = "none") 
         "jit_compile": bool(gpus),
         "deterministic": deterministic,
         "seed": seed,
-        "distribution": {"strategy": type(_strategy).__name__ if _strategy else None,
+        "distribution": {"strategy": strategy_name(),
                          "replicas": replicas()},
     }
 
@@ -177,6 +190,42 @@ def tensorboard_callbacks(log_dir: str | Path | None) -> list:
                                         update_freq="epoch", profile_batch=0)]
 
 
+def _build_for_multi_worker(model, data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Under MultiWorkerMirroredStrategy, build the compiled model from one local batch.
+
+    Keras 3.15's `fit` first reduces a distributed batch with `strategy.reduce`, which
+    MultiWorkerMirroredStrategy refuses for a nested batch ("unsupported type PerReplica",
+    keras-team/keras#20585); the build only needs the shapes, so give it a plain batch and
+    let `fit` skip that step.
+    """
+    if strategy_name() != "MultiWorkerMirroredStrategy":
+        return
+    from keras.src.backend.tensorflow import trainer
+
+    batch = (data[0][:2], data[1][:2])
+    with _strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    if not getattr(trainer.reduce_per_replica, "kernelib_patched", False):
+        # the same issue: a train step's scalar logs are mean-reduced along axis 0
+        original = trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction not in ("auto", "mean") or strategy is not _strategy:
+                return original(values, strategy, reduction)
+
+            def mean(v):
+                rank = strategy.experimental_local_results(v)[0].shape.rank
+                return strategy.reduce("MEAN", v, axis=0 if rank else None)
+
+            from keras.src import tree
+
+            return tree.map_structure(mean, values)
+
+        reduce_per_replica.kernelib_patched = True
+        trainer.reduce_per_replica = reduce_per_replica
+
+
 def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
         out_dir: str | Path, epochs: int, batch_size: int, learning_rate: float, patience: int,
         seed: int = 0, jit_compile: bool | str = "auto", log_dir: str | Path | None = None):
@@ -198,6 +247,7 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
     out_dir.mkdir(parents=True, exist_ok=True)
     with strategy_scope():
         compile_model(model, learning_rate=learning_rate, jit_compile=jit_compile)
+    _build_for_multi_worker(model, train)
     batch_size *= replicas()
     log = out_dir / ".history.partial.csv"
     callbacks = [
