@@ -39,11 +39,25 @@ def _manifest(tmp: Path, run_id: str) -> dict:
     return json.loads((tmp / "runs" / run_id / "manifest.json").read_text())
 
 
+def _smoke_with(tmp: Path, **sections) -> Path:
+    cfg = yaml.safe_load(SMOKE.read_text())
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.fixture(scope="module")
 def ray_run(tmp_path_factory):
-    """configs/smoke.yaml with --executor ray, Ray embedded, in a runs folder of its own."""
+    """configs/smoke.yaml with --executor ray, Ray embedded, in a runs folder of its own.
+
+    Each step reserves every core, so its TensorFlow thread pools are as large as a step's
+    of the local executor (floating-point sums depend on how work is split over threads);
+    `run.resources` is not part of any step's cache key."""
     tmp = tmp_path_factory.mktemp("ray")
-    proc = _run(tmp, "--run-id", "ray", "--executor", "ray")
+    config = _smoke_with(tmp, run={"resources": {"num_cpus": os.cpu_count() or 1}})
+    proc = _run(tmp, "--run-id", "ray", "--executor", "ray", config=config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"proc": proc, "tmp": tmp, "run": tmp / "runs" / "ray"}
 
@@ -56,6 +70,9 @@ def test_ray_chain_succeeds_with_the_local_executors_metrics(smoke, ray_run):
     assert all(s["node"]["node_id"] for s in m["stages"])  # each step ran as a Ray task
     train = {s["label"]: s for s in m["stages"]}["train:mlp_0"]
     assert train["device"]["distribution"] == {"strategy": None, "replicas": 1}
+    local_keys = [s["key"] for s in json.loads((smoke["run"] / "manifest.json").read_text())
+                  ["stages"]]
+    assert [s["key"] for s in m["stages"]] == local_keys  # the same steps, the same inputs
     local = sorted((smoke["run"] / "metrics").glob("*.json"))
     assert local
     for f in local:
@@ -65,10 +82,12 @@ def test_ray_chain_succeeds_with_the_local_executors_metrics(smoke, ray_run):
 
 
 def test_warm_ray_rerun_is_fully_cached(ray_run):
-    proc = _run(ray_run["tmp"], "--run-id", "ray-warm", "--executor", "ray")
+    proc = _run(ray_run["tmp"], "--run-id", "ray-warm", "--executor", "ray",
+                config=ray_run["tmp"] / "config.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = _manifest(ray_run["tmp"], "ray-warm")
     assert [s.get("cached_from") for s in m["stages"]] == ["ray"] * 7
+    assert "cached (from run ray)" in proc.stdout and "started" not in proc.stdout  # no task
     assert m["artifacts"] == _manifest(ray_run["tmp"], "ray")["artifacts"]
 
 
@@ -85,10 +104,7 @@ def _ray_worker_of_kernel(root: psutil.Process) -> psutil.Process | None:
 
 def test_sigkilled_ray_worker_is_retried_and_the_run_succeeds(ray_run, tmp_path):
     shutil.copytree(ray_run["run"], tmp_path / "runs" / "ray")  # load/preprocess from cache
-    cfg = yaml.safe_load(SMOKE.read_text())
-    cfg["train"] |= {"epochs": 8, "patience": 8}
-    config = tmp_path / "long.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = _smoke_with(tmp_path, train={"epochs": 8, "patience": 8})
     cmd = [sys.executable, "-m", "kernelib.cli", "run", str(config), "--executor", "ray",
            "--run-id", "kill", "--only", "train:mlp_0", "--runs-dir", str(tmp_path / "runs"),
            "--reports-dir", str(tmp_path / "reports"), "--quiet"]
@@ -135,8 +151,11 @@ def _can_unshare() -> bool:
 
 @pytest.mark.skipif(shutil.which("unshare") is None or not _can_unshare(),
                     reason="needs `unshare -m` (root) for a node with its own view of the disk")
-def test_a_node_that_cannot_see_the_run_folder_fails_the_run_before_any_stage(tmp_path):
+def test_a_node_that_cannot_see_the_run_folder_fails_the_run_before_any_stage(tmp_path,
+                                                                               monkeypatch):
     import ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a test cluster on loopback: no token
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -291,3 +310,30 @@ def test_two_process_multi_worker_mirrored_run_trains_one_member(tmp_path):
     # synchronous training: both workers end with the same weights
     assert results[0]["weights_sum"] == pytest.approx(results[1]["weights_sum"], rel=1e-6)
     assert (tmp_path / "0" / "multi_worker-1" / "member" / "history.csv").exists()
+
+
+def test_step_resources_come_from_the_member_else_from_run_resources():
+    from kernelib import cluster, params, pipeline
+
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["run"]["resources"] = {"num_cpus": 2}
+    cfg["load"]["members"][1]["resources"] = {"num_cpus": 0.5, "num_gpus": 1}
+    config = params.validate_config(cfg)
+    steps = {s.label: s for s in pipeline.plan(config, Path("/runs/x"))}
+    got = {label: cluster.step_resources(s, config).model_dump() for label, s in steps.items()}
+    assert got["train:cnn_0"] == {"num_cpus": 0.5, "num_gpus": 1.0}
+    assert got["train:mlp_0"] == got["merge"] == {"num_cpus": 2.0, "num_gpus": 0.0}
+    assert steps["merge"].parameters["distribution"] == "none"  # train.distribution, passed on
+
+
+@pytest.mark.parametrize("member, match", [
+    ({"name": "f", "path": "/m.keras", "resources": {"num_cpus": 1}}, "'resources' are what"),
+    ({"name": "r", "recipe": "mlp", "resources": {"num_cpus": 0}}, "greater than 0"),
+    ({"name": "r", "recipe": "mlp", "resources": {"gpus": 1}}, "unknown key"),
+])
+def test_bad_resources_are_refused(member, match):
+    from kernelib import params
+    from kernelib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        params.validate_config({"load": {"members": [member]}})
