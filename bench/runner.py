@@ -95,7 +95,7 @@ def main() -> int:
     print(f"{f'train stage, --jobs {args.jobs} (median)':<34}{p:>10.1f}{p / s:>10.2f}")
     if "ray" in walls:
         ray_wall = statistics.median(walls["ray"])
-        print(f"{'train stage, --executor ray (median)':<34}{ray_wall:>10.1f}{ray_wall / s:>10.2f}")
+        print(f"{'train stage, Ray (median)':<34}{ray_wall:>10.1f}{ray_wall / s:>10.2f}")
     print(f"speed-up of --jobs {args.jobs} over --jobs 1: {s / p:.2f}x "
           f"(runs: {[round(x, 1) for x in serial]} vs {[round(x, 1) for x in parallel]})")
     if "ray" in walls:
