@@ -34,7 +34,7 @@ def timed(*args: str, cwd: Path) -> float:
 def ray_start_stop() -> float:
     """Seconds to start a local Ray instance as `--executor ray` does, run one task, stop it."""
     code = ("import time, ray; t = time.perf_counter(); "
-            "ray.init(include_dashboard=False, log_to_driver=False, logging_level='warning'); "
+            "ray.init(address='local', include_dashboard=False, log_to_driver=False, logging_level='warning'); "
             "ray.get(ray.remote(lambda: 1).remote()); ray.shutdown(); "
             "print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

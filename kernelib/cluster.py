@@ -137,7 +137,9 @@ class RayExecutor:
         else:
             for attempt in range(START_ATTEMPTS):
                 try:
-                    ray.init(include_dashboard=False, log_to_driver=False,
+                    # "local": a new instance, even where a `ray start` cluster left its
+                    # address file (ray.init() would join that one, or hang on a dead one)
+                    ray.init(address="local", include_dashboard=False, log_to_driver=False,
                              logging_level="warning")
                     break
                 except Exception as err:  # noqa: BLE001  Ray raises a bare Exception here
