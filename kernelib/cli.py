@@ -15,7 +15,8 @@ def _cmd_run(args) -> int:
     run_root = pipeline.run(args.config, runs_dir=args.runs_dir, reports_dir=args.reports_dir,
                             run_id=args.run_id, kernel_name=args.kernel,
                             progress=not args.quiet, force=args.force,
-                            from_stage=args.from_stage, only=args.only, jobs=args.jobs)
+                            from_stage=args.from_stage, only=args.only, jobs=args.jobs,
+                            executor=args.executor, address=args.address)
     from pathlib import Path
 
     index = Path(args.reports_dir).resolve() / run_root.name / "index.html"
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this stage (or train:MEMBER); the rest must be cached")
     r.add_argument("--jobs", type=int, default=1,
                    help="train up to N members at once, as separate processes")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: this machine (--jobs); ray: every step a Ray task, with the "
+                        "resources of run.resources and members' 'resources' (pip install "
+                        "'kernelib[ray]')")
+    r.add_argument("--address", default=None, help="--executor ray: the cluster to join (auto, "
+                   "or ray://HEAD:10001); default: start Ray inside this command")
     r.add_argument("--runs-dir", default="runs")
     r.add_argument("--reports-dir", default="reports")
     r.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3 "

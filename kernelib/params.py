@@ -21,6 +21,7 @@ MERGE_STRATEGIES = ("average", "vote", "weighted", "select", "stacking", "concat
                     "distill")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8",
                   "onnx", "h5")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "auto")
 BACKBONES = tuple(zoo.BACKBONES)  # the zoo is the one list (it imports no TensorFlow)
 RECIPES = (*zoo.RECIPES, *BACKBONES)
 PREPROCESS = _members.PREPROCESS  # members imports no TensorFlow either
@@ -41,6 +42,15 @@ class _Strict(_Exact):
         if isinstance(value, bool) and annotation in (int, float, int | None, float | None):
             raise ValueError(f"expected a number, received the boolean {value}")
         return value
+
+
+class Resources(_Strict):
+    """What one step asks of the executor (Ray's task resources; the local pool ignores them)."""
+
+    num_cpus: float = Field(1.0, gt=0.0, le=1024, description="CPU cores a step reserves; its "
+                            "TensorFlow thread pools are capped at this many (at least 1)")
+    num_gpus: float = Field(0.0, ge=0.0, le=64, description="GPUs a step reserves (fractions "
+                            "share one GPU)")
 
 
 class MemberSpec(_Strict):
@@ -79,6 +89,9 @@ class MemberSpec(_Strict):
         None, gt=0.0, le=1.0, description="recipe members: train on a seeded random share of "
                                           "the training rows (a bag, drawn with the member's "
                                           "seed, without replacement; None = every row)")
+    resources: Resources | None = Field(
+        None, description="recipe members, --executor ray: what this member's training "
+                          "reserves (None = run.resources)")
 
     @model_validator(mode="after")
     def _one_source(self) -> MemberSpec:
@@ -99,6 +112,9 @@ class MemberSpec(_Strict):
                 f"file or a Keras ImageNet .h5 file (~/.keras/models/); received "
                 f"{self.weights!r}"
             )
+        if self.resources is not None and self.recipe is None:
+            raise ValueError(f"member '{self.name}': 'resources' are what its training reserves; "
+                             f"received path={self.path!r}, which is not trained. Remove them.")
         if self.bag is not None and self.recipe is None:
             raise ValueError(f"member '{self.name}': 'bag' chooses the rows a recipe member "
                              f"trains on; received path={self.path!r}. Remove 'bag'.")
@@ -274,6 +290,11 @@ class TrainSettings(_Strict):
     patience: int = Field(5, ge=1, description="early-stopping patience on val loss (epochs)")
     tensorboard: bool = Field(True, description="log each member's per-epoch scalars to "
                               "tensorboard/<name>/ in the run folder (`make tensorboard RUN=id`)")
+    distribution: Literal[DISTRIBUTIONS] = Field(
+        "none", description="tf.distribute strategy of members, concat heads and distill "
+                            "students: none, mirrored (every GPU of the machine), multi_worker "
+                            "(MultiWorkerMirroredStrategy from TF_CONFIG), auto (mirrored when "
+                            "more than one GPU is visible); batch_size is per replica")
 
 
 class TrainParams(TrainSettings):
@@ -283,7 +304,7 @@ class TrainParams(TrainSettings):
                              "trains every recipe member in turn (the JupyterLab default)")
 
 
-class MergeParams(_Strict):
+class MergeSettings(_Strict):
     """Stage 4: which strategies to build, and each strategy's options."""
 
     strategies: list[Literal[MERGE_STRATEGIES]] = Field(
@@ -340,7 +361,7 @@ class MergeParams(_Strict):
                               "per-epoch scalars to tensorboard/<strategy>/ in the run folder")
 
     @model_validator(mode="after")
-    def _strategies_unique(self) -> MergeParams:
+    def _strategies_unique(self) -> MergeSettings:
         s = self.strategies
         dupes = sorted({x for x in s if s.count(x) > 1})
         if dupes:
@@ -356,6 +377,14 @@ class MergeParams(_Strict):
             raise ValueError(f"merge.select_init_size ({self.select_init_size}) must be at most "
                              f"select_size ({self.select_size})")
         return self
+
+
+class MergeParams(MergeSettings):
+    """Stage 4 notebook parameters: the merge settings plus the run's distribution strategy."""
+
+    distribution: Literal[DISTRIBUTIONS] = Field(
+        "none", description="tf.distribute strategy of concat heads and distill students "
+                            "(`kernelib run` passes train.distribution)")
 
 
 class EvaluateParams(_Strict):
@@ -429,6 +458,8 @@ class RunParams(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_\-]+$", description="prefix of the run id")
     seed: int = Field(0, ge=0, description="global seed")
     deterministic: bool = Field(True, description="enable TensorFlow op determinism")
+    resources: Resources = Field(default_factory=Resources, description="--executor ray: what "
+                                 "each step reserves unless its member sets 'resources'")
 
 
 class Config(_Strict):
@@ -438,7 +469,7 @@ class Config(_Strict):
     load: LoadParams = Field(default_factory=LoadParams)
     preprocess: PreprocessParams = Field(default_factory=PreprocessParams)
     train: TrainSettings = Field(default_factory=TrainSettings)
-    merge: MergeParams = Field(default_factory=MergeParams)
+    merge: MergeSettings = Field(default_factory=MergeSettings)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     export: ExportParams = Field(default_factory=ExportParams)
 

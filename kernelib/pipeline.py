@@ -120,7 +120,9 @@ def plan(config: params.Config, run_root: Path) -> list[Step]:
                                       f"{i:02d}_train_{m.name}.ipynb",
                                       {**common, **section["train"], "name": m.name}, needs))
             continue
-        steps.append(Step(stage, stage, nb, nb, {**common, **section[stage]}))
+        # concat heads and distill students train under the members' distribution strategy
+        extra = {"distribution": config.train.distribution} if stage == "merge" else {}
+        steps.append(Step(stage, stage, nb, nb, {**common, **section[stage], **extra}))
     return steps
 
 
@@ -414,13 +416,16 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
         reports_dir: str | Path = "reports", run_id: str | None = None,
         kernel_name: str = "python3", nb_dir: str | Path | None = None,
         progress: bool = True, force: bool = False, from_stage: str | None = None,
-        only: str | None = None, jobs: int = 1) -> Path:
+        only: str | None = None, jobs: int = 1, executor: str = "local",
+        address: str | None = None) -> Path:
     """Run the whole chain for a config file; return the run folder.
 
     Steps whose cache key matches a succeeded step of this run or of an earlier run in
     `runs_dir` are reused ("cached (from run X)"); `force` re-runs everything, `from_stage`
     re-runs from that stage on, `only` runs one stage (or one `train:<member>`) and takes
     every other step from the cache. `jobs` trains up to that many members at once.
+    `executor="ray"` runs every step as a Ray task instead (`kernelib.cluster`): in a Ray
+    instance started inside this call, or on the cluster at `address` (`auto`, `ray://...`).
 
     Raises ConfigError/MemberError before anything is created when the config or a member
     file is bad, and StageFailedError (after writing the failed notebook, its report and
@@ -430,6 +435,11 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
     config = resolve_member_paths(params.load_config(config_path), config_path.parent.resolve())
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1; received {jobs}")
+    pool = None
+    if executor != "local" or address is not None:
+        from kernelib import cluster
+
+        pool = cluster.make_executor(executor, address=address, jobs=jobs, config=config)
     run_id = paths.safe_name(run_id or new_run_id(config), what="--run-id (the run folder name)")
     steps = plan(config, Path(runs_dir).resolve() / run_id)
     # --from/--only name what runs regardless of the cache; --force alone means every step
@@ -446,7 +456,8 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
     with RunLock(run_root), interrupts() as received, _space_reserve(run_root) as reserve:
         manifest = _start_manifest(rd, config, run_id, steps)
         runner = _Runner(rd, report_dir, nb_dir, run_root.parent, kernel_name, progress,
-                         manifest)
+                         manifest, pool)
+        manifest["executor"] = pool.describe_run() if pool else {"name": "local", "jobs": jobs}
         t_run = time.perf_counter()
         try:
             runner.run_all(steps, forced=forced, only_mode=only_mode, jobs=jobs)
@@ -481,6 +492,8 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
             io.write_json(rd.manifest, manifest)
             report.write_index(run_root, report_dir)
             report.write_runs_index(report_dir.parent)
+            if pool is not None:
+                pool.close()
     return run_root
 
 
@@ -525,6 +538,7 @@ class _Runner:
     kernel_name: str
     progress: bool
     manifest: dict[str, Any]
+    pool: Any = None  # an executor of every step (cluster.RayExecutor); None: this process
 
     def run_all(self, steps: list[Step], *, forced: set[str], only_mode: bool, jobs: int):
         """Each step in order: reuse a cached result or execute it (train steps as one group).
@@ -641,8 +655,10 @@ class _Runner:
 
     def _execute(self, steps: list[Step], indices: list[int], jobs: int) -> None:
         records = self.manifest["stages"]
-        if jobs > 1 and len(indices) > 1:
-            self._execute_parallel(steps, indices, jobs)
+        if self.pool is not None and indices:
+            self._execute_parallel(steps, indices, self.pool)
+        elif jobs > 1 and len(indices) > 1:
+            self._execute_parallel(steps, indices, LocalPool(jobs))
         else:
             for k in indices:
                 _execute_step(steps[k], records[k], nb_dir=self.nb_dir, rd=self.rd,
@@ -670,15 +686,15 @@ class _Runner:
         if rec["status"] == "interrupted":
             raise KeyboardInterrupt
 
-    def _execute_parallel(self, steps: list[Step], indices: list[int], jobs: int) -> None:
-        """Up to `jobs` steps at once, each in its own process with a share of the cores."""
+    def _execute_parallel(self, steps: list[Step], indices: list[int], pool) -> None:
+        """Up to `pool.slots` steps at once, each started by the pool (`LocalPool`: a process
+        of its own; `cluster.RayExecutor`: a Ray task), a fine-tune after its base member."""
         records = self.manifest["stages"]
-        threads = max(1, (os.cpu_count() or 1) // jobs)
         pending, running = list(indices), {}
         failed = None
         try:
             while pending or running:
-                while len(running) < jobs and failed is None:
+                while len(running) < pool.slots and failed is None:
                     # a fine-tune starts once the member it starts from is trained
                     ready = [k for k in pending if all(
                         records[d]["status"] == "succeeded" for d in
@@ -687,20 +703,21 @@ class _Runner:
                         break
                     k = ready[0]
                     pending.remove(k)
+                    handle = pool.start(steps[k], self.rd, self.nb_dir, self.kernel_name)
                     if self.progress:
-                        print(f"  started {steps[k].label} ({threads} thread(s))", flush=True)
-                    running[k] = _spawn_step(steps[k], self.rd, self.nb_dir, self.kernel_name,
-                                             threads)
+                        print(f"  started {steps[k].label} ({pool.describe(steps[k])})",
+                              flush=True)
+                    running[k] = handle
                 if pending and not running and failed is None:
                     raise PipelineError(f"steps {[steps[k].label for k in pending]} wait for "
                                         "steps that did not succeed")
-                for k, (proc, result) in list(running.items()):
-                    if proc.poll() is None:
+                for k, handle in list(running.items()):
+                    result = pool.poll(handle)
+                    if result is None:
                         continue
                     del running[k]
                     rec = records[k]
-                    rec.update(io.read_json(result) if result.exists() else {
-                        "status": "failed", "error": f"worker exited with code {proc.returncode}"})
+                    rec.update(result)
                     if self.progress:
                         print(f"  finished {steps[k].label}: {rec['status']}", flush=True)
                     try:
@@ -711,16 +728,43 @@ class _Runner:
                     raise failed
                 time.sleep(0.2)
         except KeyboardInterrupt:
-            for proc, _ in running.values():
-                proc.send_signal(signal.SIGINT)
-            for proc, _ in running.values():
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            pool.stop(list(running.values()))
             for k in running:
                 records[k]["status"] = "interrupted"
             raise
+
+
+class LocalPool:
+    """`--jobs N`: each step in its own `python -m kernelib.pipeline` process on this machine,
+    with a share of the cores."""
+
+    def __init__(self, jobs: int):
+        self.slots = jobs
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def describe(self, step: Step) -> str:
+        return f"{self.threads} thread(s)"
+
+    def start(self, step: Step, rd: RunDir, nb_dir: Path, kernel_name: str):
+        return _spawn_step(step, rd, nb_dir, kernel_name, self.threads)
+
+    def poll(self, handle) -> dict[str, Any] | None:
+        """The step's manifest record once its process has ended, else None."""
+        proc, result = handle
+        if proc.poll() is None:
+            return None
+        return io.read_json(result) if result.exists() else {
+            "status": "failed", "error": f"worker exited with code {proc.returncode}"}
+
+    def stop(self, handles: list) -> None:
+        """Ctrl-C: SIGINT to every running step (its kernel stops), kill what does not end."""
+        for proc, _ in handles:
+            proc.send_signal(signal.SIGINT)
+        for proc, _ in handles:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDir,
@@ -760,13 +804,30 @@ def _execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDi
         device.unlink()
 
 
+def job_of(step: Step, nb_dir: Path, kernel_name: str, threads: int) -> dict[str, Any]:
+    """What a worker needs to execute one step (`run_job`): plain JSON."""
+    return {"step": asdict(step), "nb_dir": str(nb_dir), "kernel_name": kernel_name,
+            "env": kernel_env(threads)}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Execute one step of a job (`job_of`) and return its manifest record: the step runner
+    of every executor (a `--jobs` process, a Ray task)."""
+    os.environ.update(job["env"])  # the kernel inherits it
+    step = Step(**{**job["step"], "needs": tuple(job["step"]["needs"])})
+    record: dict[str, Any] = {}
+    _execute_step(step, record, nb_dir=Path(job["nb_dir"]),
+                  rd=RunDir(Path(step.parameters["run_dir"])), kernel_name=job["kernel_name"],
+                  progress=False)
+    return record
+
+
 def _spawn_step(step: Step, rd: RunDir, nb_dir: Path, kernel_name: str, threads: int):
     """Start `python -m kernelib.pipeline` for one step in its own process."""
     job = rd.root / f".job-{step.label.replace(':', '_')}.json"
     result = job.with_suffix(".result.json")
     result.unlink(missing_ok=True)
-    io.write_json(job, {"step": asdict(step), "nb_dir": str(nb_dir), "kernel_name": kernel_name,
-                        "result": str(result)})
+    io.write_json(job, {**job_of(step, nb_dir, kernel_name, threads), "result": str(result)})
     env = {**os.environ, **kernel_env(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "kernelib.pipeline", str(job)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -776,12 +837,7 @@ def _spawn_step(step: Step, rd: RunDir, nb_dir: Path, kernel_name: str, threads:
 def _worker(job_path: str) -> int:
     """Entry point of a parallel step: execute it and write its record to the result file."""
     job = io.read_json(job_path)
-    step = Step(**job["step"])
-    rd = RunDir(Path(step.parameters["run_dir"]))
-    record: dict[str, Any] = {}
-    _execute_step(step, record, nb_dir=Path(job["nb_dir"]), rd=rd,
-                  kernel_name=job["kernel_name"], progress=False)
-    io.write_json(job["result"], record)
+    io.write_json(job["result"], run_job(job))
     Path(job_path).unlink(missing_ok=True)
     return 0
 

@@ -123,7 +123,8 @@ def start_stage(stage: str, *, run_dir: str | None = None, seed: int = 0,
     root.mkdir(parents=True, exist_ok=True)
     from kernelib import train  # TensorFlow import: only once the parameters are known good
 
-    device = train.setup(seed=common.seed, deterministic=common.deterministic)
+    device = train.setup(seed=common.seed, deterministic=common.deterministic,
+                         distribution=getattr(stage_params, "distribution", "none"))
     label = f"{stage}_{values.get('name') or 'all'}" if stage == "train" else stage
     io.write_json(root / DEVICE_FILE.format(label=label), device)
     return Stage(name=stage, params=stage_params, run=RunDir(root), seed=common.seed,

@@ -59,7 +59,7 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
     With `log_dir`, TensorBoard scalars go there (the fine-tuning phase into `fine_tune/`).
     """
     from kernelib.data import make_dataset
-    from kernelib.train import compile_model, tensorboard_callbacks
+    from kernelib.train import compile_model, replicas, strategy_scope, tensorboard_callbacks
 
     models = prepare(pick(members, include, "concat", "include"), "concat")
     if not isinstance(fine_tune_layers, int) or fine_tune_layers < 0:
@@ -70,20 +70,23 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
     x_train, y_train = check_xy(train, "train", "concat", n_classes, input_shape=shape)
     x_val, y_val = check_xy(val, "val", "concat", n_classes, input_shape=shape)
     keras.utils.set_random_seed(seed)
-    if fine_tune_layers:
-        models = [_copy(m) for m in models]
-    extractors = [feature_extractor(m) for m in models]
-    for e in extractors:
-        e.trainable = False
-    inputs = model_input(models)
-    feats = keras.layers.Concatenate(name="features")([e(inputs, training=False)
-                                                          for e in extractors])
-    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
-                                 name="head")(feats)
-    model = keras.Model(inputs, outputs, name=name)
+    with strategy_scope():  # under tf.distribute, the members' copies become its variables
+        if fine_tune_layers or replicas() > 1:
+            models = [_copy(m) for m in models]
+        extractors = [feature_extractor(m) for m in models]
+        for e in extractors:
+            e.trainable = False
+        inputs = model_input(models)
+        feats = keras.layers.Concatenate(name="features")([e(inputs, training=False)
+                                                              for e in extractors])
+        outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
+                                     name="head")(feats)
+        model = keras.Model(inputs, outputs, name=name)
+    batch_size *= replicas()
 
     def fit(lr: float, logs: str | None) -> None:
-        compile_model(model, learning_rate=lr)
+        with strategy_scope():
+            compile_model(model, learning_rate=lr)
         model.fit(
             make_dataset(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed,
                          augment=augment),

@@ -68,7 +68,7 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
     import keras
 
     from kernelib import data, zoo
-    from kernelib.train import tensorboard_callbacks
+    from kernelib.train import replicas, strategy_scope, tensorboard_callbacks
 
     models = prepare(members, "distill")
     k = n_classes(models)
@@ -83,10 +83,12 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
         x_train.astype("float32"), y_train,
         lambda x: predict(teacher_model, x),
         k=k, alpha=alpha, mixup_copies=int(mixup_copies), seed=seed)
-    model = zoo.build(student, preprocessor=data.build_preprocessor(x_train), n_classes=k,
-                      name=name, seed=seed)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+    with strategy_scope():
+        model = zoo.build(student, preprocessor=data.build_preprocessor(x_train), n_classes=k,
+                          name=name, seed=seed)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss="categorical_crossentropy", metrics=["accuracy"])
+    batch_size *= replicas()
     model.fit(
         data.make_dataset(inputs, targets, batch_size=batch_size, shuffle=True, seed=seed,
                           augment=augment),
