@@ -222,14 +222,15 @@ def run_all_in_browser(context, base: str, token: str, name: str, shot: Path | N
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     # ?reset: a fresh workspace, so the notebooks opened before are not reopened with it
     page.goto(f"{base}/lab/tree/{name}?reset&token={token}", wait_until="load")
-    page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
+    # generous waits: a fresh venv's first JupyterLab start on a busy 2-core machine is slow
+    page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=300_000)
     t0 = time.monotonic()
-    deadline = time.monotonic() + 120  # the indicator reads idle before any kernel exists
+    deadline = time.monotonic() + 300  # the indicator reads idle before any kernel exists
     while not any(s["path"] == name and s["kernel"]["execution_state"] == "idle"
                   for s in _api(base, token, "/api/sessions")):
-        assert time.monotonic() < deadline, f"{name}: no idle kernel after 120 s"
+        assert time.monotonic() < deadline, f"{name}: no idle kernel after 300 s"
         time.sleep(0.5)
-    page.wait_for_selector(f"{STATUS}[data-status='idle']", timeout=120_000)
+    page.wait_for_selector(f"{STATUS}[data-status='idle']", timeout=300_000)
     t1 = time.monotonic()
     menu(page, "Run", "runmenu:run-all")
     wait_until_run(page)
