@@ -203,3 +203,24 @@ def hostile_reports(tmp: Path) -> dict:
     report.write_index(run.root, report_dir)
     report.write_runs_index(report_dir.parent)
     return {"run": run, "ev": ev, "dir": report_dir, "classes": classes}
+
+
+@pytest.fixture
+def runs(smoke, tmp_path):
+    """A runs folder holding a copy of the session's smoke run (its stages are the cache)."""
+    import shutil
+
+    shutil.copytree(smoke["run"], tmp_path / "runs" / "smoke-test")
+    return tmp_path
+
+
+def smoke_config(tmp: Path, **sections) -> Path:
+    """configs/smoke.yaml with some sections' keys replaced, written into `tmp`."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

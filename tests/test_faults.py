@@ -19,7 +19,7 @@ import nbformat
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, smoke_config
 from kernelib import cli, io, params, pipeline
 from kernelib.errors import PipelineError
 
@@ -83,20 +83,6 @@ def test_a_fine_tune_is_not_reused_when_its_base_trained_differently(tmp_path):
 # ---------------------------------------------------------------------------- the smoke chain
 
 
-@pytest.fixture
-def runs(smoke, tmp_path):
-    """A runs folder holding a copy of the session's smoke run (its stages are the cache)."""
-    shutil.copytree(smoke["run"], tmp_path / "runs" / "smoke-test")
-    return tmp_path
-
-
-def _config(tmp: Path, **sections) -> Path:
-    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
-    for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _args(tmp: Path, config: Path, *args: str) -> list[str]:
@@ -133,7 +119,7 @@ def _consistent(root: Path) -> dict:
 
 
 def test_sigterm_during_training_records_interrupted_and_a_resume_completes(runs):
-    cfg = _config(runs, train={"epochs": 10, "patience": 10})
+    cfg = smoke_config(runs, train={"epochs": 10, "patience": 10})
     proc = _popen(runs, cfg, "--run-id", "term", "--only", "train")
     backup = runs / "runs" / "term" / "members" / "mlp_0" / "backup"
     _wait_for(backup.exists, proc)
@@ -152,7 +138,7 @@ def test_kill_9_during_a_re_export_leaves_consistent_records_and_a_resume_comple
     the model card never describe a file that is not there; the resume cleans up, finishes,
     and its pages run no script from the config (intended_use holds some)."""
     hostile = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
-    cfg = _config(runs, export={"formats": ["saved_model", "keras"],
+    cfg = smoke_config(runs, export={"formats": ["saved_model", "keras"],
                                 "prune_sparsities": [], "export_pruned": None,
                                 "intended_use": hostile})
     root = runs / "runs" / "smoke-test"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,27 +16,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from conftest import ROOT, kernelib_cli
+from conftest import ROOT, kernelib_cli, smoke_config
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def runs(smoke, tmp_path):
-    """A runs folder holding a copy of the smoke run."""
-    shutil.copytree(smoke["run"], tmp_path / "runs" / "smoke-test")
-    return tmp_path
-
-
-def _config(tmp: Path, **sections) -> Path:
-    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
-    for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _run(tmp: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess:
@@ -101,7 +85,7 @@ def test_unchanged_config_reuses_every_stage(smoke, runs):
 
 
 def test_export_change_reruns_only_export_and_leaves_no_kernel(runs):
-    cfg = _config(runs, export={"version": 2})
+    cfg = smoke_config(runs, export={"version": 2})
     proc = _popen(runs, "--run-id", "v2", config=cfg)
     kernels: set[int] = set()
     while proc.poll() is None:
@@ -120,7 +104,7 @@ def test_export_stage_runs_again_in_the_same_run_folder(runs):
     before = {p.name: p.read_bytes() for p in export_dir.glob("*.onnx")}
     assert before
     refused = _run(runs, "--run-id", "smoke-test", "--only", "export",
-                   config=_config(runs, export={"overwrite": False}))
+                   config=smoke_config(runs, export={"overwrite": False}))
     assert refused.returncode == 1 and "already exists; refusing to replace" in refused.stderr
     assert {p.name: p.read_bytes() for p in export_dir.glob("*.onnx")} == before  # untouched
     again = _run(runs, "--run-id", "smoke-test", "--only", "export")  # the default replaces
@@ -143,7 +127,7 @@ def test_same_seed_gives_byte_identical_metrics(smoke, runs):
 
 
 def test_kill_9_during_training_then_resume(runs):
-    cfg = _config(runs, train={"epochs": 12, "patience": 12})
+    cfg = smoke_config(runs, train={"epochs": 12, "patience": 12})
     proc = _popen(runs, "--run-id", "crash", config=cfg)
     meta = runs / "runs" / "crash" / "members" / "mlp_0" / "backup" / "training_metadata.json"
     kernels: set[int] = set()
