@@ -106,7 +106,9 @@ def _ray_worker_of_kernel(root: psutil.Process) -> psutil.Process | None:
 
 def test_sigkilled_ray_worker_is_retried_and_the_run_succeeds(ray_run, tmp_path):
     shutil.copytree(ray_run["run"], tmp_path / "runs" / "ray")  # load/preprocess from cache
-    config = _smoke_with(tmp_path, train={"epochs": 8, "patience": 8})
+    # 40 epochs of the digits MLP: a window of seconds between its second backup and the end
+    # of fit (with 8 the first attempt could finish before the kill, and the retry start over)
+    config = _smoke_with(tmp_path, train={"epochs": 40, "patience": 40})
     cmd = [sys.executable, "-m", "kernelib.cli", "run", str(config), "--executor", "ray",
            "--run-id", "kill", "--only", "train:mlp_0", "--runs-dir", str(tmp_path / "runs"),
            "--reports-dir", str(tmp_path / "reports"), "--quiet"]
@@ -136,7 +138,7 @@ def test_sigkilled_ray_worker_is_retried_and_the_run_succeeds(ray_run, tmp_path)
     first_epoch = int(executed.split("Epoch ")[1].split("/")[0])
     assert first_epoch >= 3, "the retry trained from scratch instead of resuming its backup"
     history = (tmp_path / "runs" / "kill" / "members" / "mlp_0" / "history.csv").read_text()
-    assert len(history.strip().splitlines()) == 1 + 8
+    assert len(history.strip().splitlines()) == 1 + 40
 
 
 def _free_port() -> int:
