@@ -209,7 +209,7 @@ def test_val_labels_out_of_range(strategy, options, tiny_members, splits):
 
 @pytest.mark.parametrize("strategy, options, match", [
     ("select", {"metric": "auc"}, r"'metric' must be one of \['nll', 'accuracy'\]; received 'auc'"),
-    ("select", {"size": 0}, r"'size' must be a positive integer"),
+    ("select", {"size": 0}, r"'size' must be an integer >= 1; received size=0"),
     ("stacking", {"folds": 1}, r"'folds' must be an integer >= 2"),
     ("soup", {"mode": "mean"}, r"'mode' must be one of \['uniform', 'greedy'\]"),
     ("soup", {"metric": "f1"}, r"'metric' must be one of \['accuracy', 'nll'\]"),

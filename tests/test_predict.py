@@ -99,7 +99,7 @@ def test_wrong_shape_and_unknown_artifact(served, tmp_path):
         runtimes.predict_top_k(served["manifest"].path("onnx"), tmp_path / "rows.npy")
     (tmp_path / "model.pt").write_bytes(b"x")
     with pytest.raises(ExportError, match=r"cannot tell the format of 'model\.pt'; valid: "
-                                          r"\.keras, \.tflite, \.onnx"):
+                                          r"\.keras, \.h5, \.tflite, \.onnx"):
         runtimes.predict_top_k(tmp_path / "model.pt", tmp_path / "rows.npy")
 
 
