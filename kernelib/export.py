@@ -174,7 +174,8 @@ def _without_augmentation(model, found: list[str]):
     def replace(layer):
         if not _is_augmentation(layer):
             return layer
-        return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy)
+        # no dtype argument: a DTypePolicy object made the clone fail to save as .keras
+        return keras.layers.Identity(name=layer.name)
 
     try:
         stripped = keras.models.clone_model(model, clone_function=replace, recursive=True)
@@ -195,6 +196,9 @@ def _without_augmentation(model, found: list[str]):
 
 def _one_input_output(model) -> tuple[int, ...]:
     if getattr(model, "inputs", None) is None:
+        found = augmentation_layers(model)
+        if found:  # the more useful of the two reasons: it says what to leave out
+            _without_augmentation(model, found)  # raises: a subclassed model cannot be cloned
         raise ExportError(
             f"kernelib exports functional or Sequential models, whose input is known; "
             f"received a subclassed model '{model.name}'. Wrap it first: "
