@@ -44,6 +44,7 @@ import numpy as np
 
 from kernelib import io, paths, runtimes
 from kernelib.errors import ExportError
+from kernelib.members import augmentation_layers, is_augmentation  # one definition of both
 
 FORMATS = ("keras", "saved_model", "tflite", "tflite_fp16", "tflite_dynamic", "tflite_int8",
            "onnx", "h5")
@@ -63,7 +64,6 @@ _FILE_SUFFIX = {"keras": ".keras", "tflite": ".tflite", "tflite_fp16": "_fp16.tf
                 "tflite_dynamic": "_dynamic.tflite", "tflite_int8": "_int8.tflite",
                 "onnx": ".onnx", "h5": ".h5"}
 # Keras augmentation layers that are not named Random* (those all are).
-_AUGMENTATION = ("AugMix", "CutMix", "MixUp", "RandAugment", "Solarization")
 _LOW_PRECISION = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
 _BATCH = 256
 EXPORTS_FILE = "exports.json"  # one record per exported file: what export() verified and wrote
@@ -110,17 +110,6 @@ def named_layers(model, prefix: str = ""):
 def walk_layers(model):
     """Every layer inside `model`, nested models and their layers included (depth first)."""
     return (layer for _, layer in named_layers(model))
-
-
-def _is_augmentation(layer) -> bool:
-    cls = type(layer)
-    return cls.__module__.startswith("keras") and (
-        cls.__name__.startswith("Random") or cls.__name__ in _AUGMENTATION)
-
-
-def augmentation_layers(model) -> list[str]:
-    """Names of the Keras augmentation layers inside `model` (nested models included)."""
-    return [layer.name for layer in walk_layers(model) if _is_augmentation(layer)]
 
 
 def inference_model(model):
@@ -172,7 +161,7 @@ def _without_augmentation(model, found: list[str]):
     import keras
 
     def replace(layer):
-        if not _is_augmentation(layer):
+        if not is_augmentation(layer):
             return layer
         # no dtype argument: a DTypePolicy object made the clone fail to save as .keras
         return keras.layers.Identity(name=layer.name)

@@ -484,22 +484,13 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _ingredients_are_members(self) -> Config:
+    def _member_lists_are_members(self) -> Config:
         names = [m.name for m in self.load.members]
-        unknown = sorted(set(self.merge.soup_ingredients or []) - set(names))
-        if unknown:
-            raise ValueError(f"merge.soup_ingredients names {unknown}, which are not members; "
-                             f"members: {names}")
-        return self
-
-
-    @model_validator(mode="after")
-    def _concat_members_known(self) -> Config:
-        names = [m.name for m in self.load.members]
-        unknown = sorted(set(self.merge.concat_members or []) - set(names))
-        if unknown:
-            raise ValueError(f"merge.concat_members names {unknown}, which are not members; "
-                             f"members: {names}")
+        for key in ("soup_ingredients", "concat_members"):
+            unknown = sorted(set(getattr(self.merge, key) or []) - set(names))
+            if unknown:
+                raise ValueError(f"merge.{key} names {unknown}, which are not members; "
+                                 f"members: {names}")
         return self
 
     @model_validator(mode="after")
