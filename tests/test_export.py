@@ -234,7 +234,7 @@ def test_subclassed_models_are_explained(splits, tmp_path):
     class Flipper(keras.Model):
         def __init__(self, augment: bool):
             super().__init__(name="flipper")
-            self.flip = keras.layers.RandomFlip("horizontal") if augment else None
+            self.flip = keras.layers.RandomFlip("horizontal", name="random_flip") if augment else None
             self.flat = keras.layers.Flatten()
             self.head = keras.layers.Dense(10, activation="softmax")
 
