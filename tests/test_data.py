@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,9 @@ def test_fashion_missing_everywhere_names_both_tries(tmp_path, monkeypatch):
         pytest.skip(f"keras.datasets has a download cached in {keras_cache}: the fallback works")
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
+    # urlopen builds its global opener (with the proxies of that moment) on first use and keeps
+    # it: without this, every later urlopen in the session goes through the dead proxy
+    monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(DataError, match="(?s)dataset-fashion-mnist under .*missing.*"
                                         "keras.datasets.fashion_mnist.*apt-get install"):
         data.load_fashion_mnist(tmp_path / "none")

@@ -176,10 +176,14 @@ def jupyterlab(tmp_path_factory):
             proc.kill()
 
 
+# loopback never goes through a proxy, whatever the environment (or an earlier test) set
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _api(base: str, token: str, path: str, method: str = "GET"):
     req = urllib.request.Request(f"{base}{path}", method=method,
                                  headers={"Authorization": f"token {token}"})
-    with urllib.request.urlopen(req, timeout=30) as r:
+    with _LOOPBACK.open(req, timeout=30) as r:
         body = r.read()
     return json.loads(body) if body else None
 
