@@ -2,9 +2,8 @@
 
 A classifier that outputs probabilities `p` becomes `softmax(log(p) / T)`: `T > 1` softens
 over-confident rows, `T < 1` sharpens, and the argmax (the accuracy) never changes. `T` is
-fitted on `val` only. `TemperatureScaling` is a small Keras layer registered under the
-`kernelib` package (`import kernelib.merge` or `import kernelib.calibrate` before loading
-a model that holds it).
+fitted on `val` only. `TemperatureScaling` is a small Keras layer in `kernelib.layers`,
+registered under the `kernelib` package.
 
 Example::
 
@@ -17,34 +16,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kernelib.errors import MergeError
 from kernelib.evaluate import EPS
+from kernelib.layers import TemperatureScaling
 
 BOUNDS = (0.05, 20.0)  # temperatures searched (a wider range only ever fits noise)
-
-
-@keras.saving.register_keras_serializable(package="kernelib")
-class TemperatureScaling(keras.layers.Layer):
-    """`softmax(log(clip(p, 1e-7, 1)) / temperature)` on probability rows `p`."""
-
-    def __init__(self, temperature: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        if not np.isfinite(temperature) or temperature <= 0:
-            raise MergeError(f"temperature must be a positive finite number; received "
-                             f"{temperature!r}")
-        self.temperature = float(temperature)
-
-    def call(self, p):
-        from keras import ops
-
-        logp = ops.log(ops.clip(ops.cast(p, "float32"), EPS, 1.0))
-        return ops.softmax(logp / self.temperature, axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
 
 
 def log_scaled(p: np.ndarray, temperature: float) -> np.ndarray:

@@ -158,7 +158,7 @@ def load_keras(path: str | Path, *, trust: bool = False):
     """
     import keras
 
-    import kernelib.merge  # noqa: F401  registers kernelib's layers for loading
+    from kernelib.layers import CUSTOM_OBJECTS
 
     path = Path(path)
     if not trust:
@@ -166,7 +166,8 @@ def load_keras(path: str | Path, *, trust: bool = False):
         trust = '"TFSMLayer"' in config and '"Lambda"' not in config
     # the legacy .h5 loader knows only built-in layers by name: TFSMLayer is keras.layers'
     return keras.saving.load_model(path, compile=False, safe_mode=not trust,
-                                   custom_objects={"TFSMLayer": keras.layers.TFSMLayer})
+                                   custom_objects={"TFSMLayer": keras.layers.TFSMLayer,
+                                                   **CUSTOM_OBJECTS})
 
 
 def _stored_config(path: Path) -> str:

@@ -35,29 +35,10 @@ import yaml
 
 from kernelib import data, io, params, paths, report
 from kernelib.errors import ConfigError, PipelineError, StageFailedError
+from kernelib.resources import NOTEBOOKS, notebooks_dir  # noqa: F401  (lab and tests import them here)
 from kernelib.rundir import DEVICE_FILE, RunDir, kernel_env
 
-NOTEBOOKS = {
-    "load": "01_load.ipynb",
-    "preprocess": "02_preprocess.ipynb",
-    "train": "03_train.ipynb",
-    "merge": "04_merge.ipynb",
-    "evaluate": "05_evaluate.ipynb",
-    "export": "06_export.ipynb",
-}
 LOCK = ".lock"
-
-
-def notebooks_dir() -> Path:
-    """The stage notebooks: `notebooks/` next to the package (a source checkout)."""
-    here = Path(__file__).resolve().parent.parent / "notebooks"
-    if (here / NOTEBOOKS["load"]).exists():
-        return here
-    cwd = Path.cwd() / "notebooks"
-    if (cwd / NOTEBOOKS["load"]).exists():
-        return cwd
-    raise PipelineError(f"stage notebooks not found in '{here}' or '{cwd}'; run kernelib from "
-                        "a checkout of the repository (or pass nb_dir).")
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kernelib import io, lab
 from kernelib import params as P
-from kernelib.errors import PipelineError
+from kernelib.errors import ConfigError, PipelineError
 
 DEVICE_FILE = ".device-{label}.json"  # written by each stage, folded into the manifest
 
@@ -108,15 +109,31 @@ class Stage:
     device: dict[str, Any]
 
 
-def start_stage(stage: str, *, run_dir: str | None = None, seed: int = 0,
-                deterministic: bool = True, **values: Any) -> Stage:
+def stage_values(stage: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The names a stage (and every stage) takes, picked out of a notebook's `globals()`.
+
+    Only declared parameter names are read, so the notebook's other variables never reach the
+    validation; a parameter the notebook lacks keeps its default.
+    """
+    if stage not in P.STAGE_MODELS:
+        raise ConfigError(f"unknown stage '{stage}'; valid stages: {list(P.STAGE_MODELS)}")
+    names = set(P.CommonParams.model_fields) | set(P.STAGE_MODELS[stage].model_fields)
+    return {k: v for k, v in namespace.items() if k in names}
+
+
+def start_stage(stage: str, namespace: Mapping[str, Any] | None = None, /,
+                **values: Any) -> Stage:
     """Validate a notebook's parameters, seed everything, set up the device; first call of a notebook.
 
-    Runs the same validation `kernelib run` does, so a direct papermill call or a JupyterLab
-    run with a wrong value fails here with the parameter named. `run_dir=None` is the lab's
-    run folder (`lab.run_folder`: `runs/<LAB_RUN>/` under `make lab`).
+    `start_stage("merge", globals())` reads the stage's parameters from the notebook's
+    parameters cell (as papermill or the user set them); keywords override. Runs the same
+    validation `kernelib run` does, so a direct papermill call or a JupyterLab run with a wrong
+    value fails here with the parameter named. `run_dir=None` is the lab's run folder
+    (`lab.run_folder`: `runs/<LAB_RUN>/` under `make lab`).
     """
-    common = P.validate_common({"run_dir": run_dir, "seed": seed, "deterministic": deterministic})
+    values = {**(stage_values(stage, namespace) if namespace is not None else {}), **values}
+    common = P.validate_common({k: values.pop(k) for k in list(values)
+                                if k in P.CommonParams.model_fields})
     stage_params = P.validate_stage(stage, values)
     root = (Path(common.run_dir).expanduser().resolve() if common.run_dir is not None
             else lab.run_folder())

@@ -38,6 +38,20 @@ def test_notebook_parameters_equal_pydantic_defaults(stage):
     assert model.model_validate(nb).model_dump() == model().model_dump()
 
 
+def test_start_stage_reads_only_declared_names_from_a_notebook_namespace(tmp_path):
+    from kernelib.rundir import stage_values, start_stage
+
+    namespace = {"run_dir": str(tmp_path), "seed": 3, "top_k": 2, "stage": "x", "np": object(),
+                 "formats": ["onnx"]}  # formats belongs to export, not evaluate
+    assert stage_values("evaluate", namespace) == {"run_dir": str(tmp_path), "seed": 3, "top_k": 2}
+    with pytest.raises(ConfigError, match="top_k"):
+        start_stage("evaluate", {**namespace, "top_k": "two"})
+    with pytest.raises(ConfigError, match="top_k"):  # a keyword overrides the namespace
+        start_stage("evaluate", namespace, top_k=0)
+    with pytest.raises(ConfigError, match="unknown stage 'deploy'"):
+        stage_values("deploy", namespace)
+
+
 @pytest.mark.parametrize("stage", params.STAGES)
 def test_papermill_reads_every_parameter(stage):
     # papermill skips a line it cannot parse (an '=' inside the comment does it) and then calls

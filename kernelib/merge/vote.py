@@ -14,27 +14,8 @@ from typing import Any
 
 import keras
 
+from kernelib.layers import MajorityVote  # noqa: F401  (its home before layers.py)
 from kernelib.merge.base import model_input, prepare
-
-
-@keras.saving.register_keras_serializable(package="kernelib")
-class MajorityVote(keras.layers.Layer):
-    """One-hot row of the majority class over a list of member probability tensors."""
-
-    def call(self, inputs):
-        # TensorFlow's own argmax: keras.ops.argmax adds bitcast/bitwise ops (for -0.0) that
-        # the TFLite converter and onnxruntime reject, so the exported vote model would fail.
-        import tensorflow as tf
-
-        stacked = tf.stack([tf.cast(p, "float32") for p in inputs], axis=1)  # (rows, m, k)
-        k = stacked.shape[-1]
-        votes = tf.reduce_sum(tf.one_hot(tf.math.argmax(stacked, axis=-1), k), axis=1)
-        # a mean probability is at most 1, so half of it separates equal vote counts only
-        score = votes + 0.5 * tf.reduce_mean(stacked, axis=1)
-        return tf.one_hot(tf.math.argmax(score, axis=-1), k)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[0])
 
 
 def merge_vote(members: Sequence[Any], *, name: str = "vote"):
