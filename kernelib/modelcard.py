@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelib import evaluate, io, runtimes
+from kernelib.report import markdown_cell, render_template
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
 PACKAGES = ("kernelib", "tensorflow", "keras", "numpy", "scikit-learn", "onnx", "onnxruntime",
@@ -22,7 +23,6 @@ PACKAGES = ("kernelib", "tensorflow", "keras", "numpy", "scikit-learn", "onnx", 
 def versions() -> dict[str, str]:
     """Python and the versions of the packages an exported model depends on."""
     return io.package_versions(PACKAGES)
-
 
 
 def metric_rows(summary: Mapping[str, Any] | None,
@@ -114,68 +114,30 @@ def write(out_dir: str | Path, card: Mapping[str, Any]) -> tuple[Path, Path]:
             io.write_json(out_dir / CARD_JSON, dict(card)))
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
-    if not rows:
-        return "_none recorded_\n"
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def _tables(card: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's tables as records for the template: metric intervals as '[lo, hi]' under
+    the interval level's name, export sizes in KiB, digests shortened to 12 characters."""
+    met, data = card["metrics"], card.get("data") or {}
+    level = f"{round(100 * met['ci_level'])}% CI" if met.get("ci_level") else "CI"
+    return {
+        "level": level,
+        "data": [{"field": k, "value": data.get(k)}
+                 for k in ("name", "rows", "input_shape", "min", "max", "sha256")],
+        "class_counts": [f"{k}: {v}" for k, v in (data.get("class_counts") or {}).items()],
+        "merged": [{"model": k, **v} for k, v in (card.get("merged_models") or {}).items()],
+        "metrics": [{"metric": r["metric"], "value": r["value"],
+                     level: (f"[{markdown_cell(r['lo'])}, {markdown_cell(r['hi'])}]"
+                             if r["lo"] is not None else "not recorded")}
+                    for r in met["selected"]],
+        "exports": [{**e, "KiB": round(e["bytes"] / 1024, 1), "sha256": e["sha256"][:12],
+                     "latency_ms": e.get("latency_ms"), "rows/s": e.get("throughput_per_s")}
+                    for e in card["exports"]],
+        "compression": [(title, rows, list(dict.fromkeys(k for r in rows for k in r)))
+                        for title, rows in card.get("compression", {}).items()],
+        "environment": [{"package": k, "version": v} for k, v in card["environment"].items()],
+    }
 
 
 def to_markdown(card: Mapping[str, Any]) -> str:
-    """The card as Markdown."""
-    m, met = card["model"], card["metrics"]
-    level = f"{round(100 * met['ci_level'])}% CI" if met.get("ci_level") else "CI"
-    metric_rows_ = [{"metric": r["metric"], "value": r["value"],
-                     level: (f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]" if r["lo"] is not None
-                             else "not recorded")}
-                    for r in met["selected"]]
-    data = card.get("data") or {}
-    parts = [
-        f"# Model card: {m['name']} (version {m['version']})\n",
-        f"Run `{card['run_id']}`, config hash `{card.get('config_hash') or 'not recorded'}`.\n",
-        "## Intended use\n", card["intended_use"] + "\n",
-        "## Model\n",
-        f"- Exported model: `{m.get('selected')}` ({m.get('kind') or 'unknown'} model, "
-        f"chosen by {m.get('selected_by') or 'unknown'} on the validation split).",
-        f"- Input: raw values of shape {m.get('input_shape')} in the range "
-        f"{m.get('input_range')}; the preprocessing is part of the model, augmentation "
-        "is not.",
-        *[f"- At export: {c}." for c in m.get("export_changes") or []],
-        f"- Output: probabilities over {len(m.get('class_names') or [])} classes: "
-        f"{', '.join(map(str, m.get('class_names') or []))}.\n",
-        "## Data\n",
-        _md_table([{"field": k, "value": data.get(k)} for k in
-                   ("name", "rows", "input_shape", "min", "max", "sha256")], ["field", "value"])
-        if data else "_data card not found_\n",
-        "\nClass counts: " + ", ".join(f"{k}: {v}" for k, v in
-                                       (data.get("class_counts") or {}).items()) + "\n",
-        "## Members and strategy\n",
-        _md_table(card.get("members") or [], ["name", "source", "recipe", "seed"]),
-        "\nModels built from them:\n\n",
-        _md_table([{"model": k, **v} for k, v in (card.get("merged_models") or {}).items()],
-                  ["model", "kind", "path"]),
-        f"\n## Metrics (selected model, {met['split']} split)\n",
-        _md_table(metric_rows_, ["metric", "value", level]),
-        "\n## Exports (each verified by its own runtime on the test split)\n",
-        _md_table([{**e, "KiB": round(e["bytes"] / 1024, 1), "sha256": e["sha256"][:12],
-                    "latency_ms": e.get("latency_ms"), "rows/s": e.get("throughput_per_s")}
-                   for e in card["exports"]],
-                  ["name", "format", "path", "KiB", "criterion", "parity", "tolerance", "accuracy",
-                   "latency_ms", "rows/s", "sha256"]),
-    ]
-    for title, rows in card.get("compression", {}).items():
-        cols = list(dict.fromkeys(k for r in rows for k in r))
-        parts += [f"\n## {title}\n", _md_table(rows, cols)]
-    parts += ["\n## Environment\n",
-              _md_table([{"package": k, "version": v} for k, v in card["environment"].items()],
-                        ["package", "version"])]
-    return "\n".join(parts)
+    """The card as Markdown (`kernelib/templates/model_card.md.j2`)."""
+    return render_template("model_card.md.j2", card=card, t=_tables(card))

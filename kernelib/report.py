@@ -9,7 +9,6 @@ model and class names, errors, configuration) is HTML-escaped everywhere.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import os
 from pathlib import Path
@@ -40,7 +39,8 @@ def _exporter(*, share: bool):
     The one HTML-safety rule of rendered notebooks: with `sanitize_html`, every Markdown cell
     and every HTML or Markdown output passes `clean_html`, so text a user put into an output
     (a model card's intended use, a class name) shows as text or harmless markup and never
-    runs script; JavaScript outputs are dropped. The index pages escape everything (`_esc`).
+    runs script; JavaScript outputs are dropped. The index pages escape everything (jinja2
+    autoescape).
     """
     if share not in _EXPORTERS:
         from jinja2 import DictLoader
@@ -117,106 +117,60 @@ def render_notebook(nb_path: str | Path, html_path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- index pages
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.2rem auto;
-max-width:72rem;color:#1a1a1a;padding:0 1rem;line-height:1.4}
-h1{margin:.2rem 0;font-size:1.6rem}h2{margin-top:1.8rem;font-size:1.2rem}
-.sub{color:#555;margin:.2rem 0 .6rem}
-table{border-collapse:collapse;margin:.6rem 0}.wide{overflow-x:auto}th,td{border:1px solid #ccc;padding:.25rem .55rem;
-text-align:left;vertical-align:top}th{background:#f2f2f2}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.headline{background:#eef5fb;border-left:5px solid #0072B2;padding:.7rem 1rem;margin:.6rem 0}
-.headline .big{font-size:1.35rem;margin-bottom:.3rem}.headline div{margin:.15rem 0}
-.headline.failed{background:#fdf0f0;border-left-color:#D55E00}
-.ok{color:#00704a}.failed,.bad{color:#b00020;font-weight:bold}.muted{color:#666}
-pre{background:#f7f7f7;padding:.6rem;overflow:auto;max-height:30rem}
-nav a{margin-right:.8rem}ul.files{columns:2;font-size:.9rem}
-"""
+_JINJA: list[Any] = []
 
 
-def _esc(v: Any) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
-
-
-def _num(v: Any, fmt: str = ".4f") -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return '<td class="num muted">n/a</td>'
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return f"<td>{_esc(v)}</td>"
-    return f'<td class="num">{format(v, fmt if isinstance(v, float) else "d")}</td>'
-
-
-def _cell(v: Any) -> str:
-    return _num(v) if isinstance(v, int | float) and not isinstance(v, bool) else f"<td>{_esc(v)}</td>"
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str],
-           headers: list[str] | None = None) -> str:
-    head = "".join(f"<th>{_esc(c)}</th>" for c in (headers or columns))
-    body = "".join("<tr>" + "".join(_cell(r.get(c)) for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _link(href: str, text: str) -> str:
-    return f'<a href="{_esc(href)}">{_esc(text)}</a>'
-
-
-def _page(title: str, body: str) -> str:
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<link rel="icon" href="data:,"><title>{_esc(title)}</title>'
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>")
-
+def _format(v: Any, spec: str) -> str:
+    return format(v, spec)
 
 
 def _points(v: float) -> str:
     return f"{100 * v:+.2f}"
 
 
-def _headline(manifest: dict[str, Any], s: dict[str, Any] | None) -> str:
+def markdown_cell(v: Any) -> str:
+    """One Markdown table cell: floats to 4 significant digits, no '|' or line break inside."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def render_template(name: str, /, **context: Any) -> str:
+    """Render `kernelib/templates/<name>` with `context`.
+
+    HTML templates (`*.html.j2`) escape every value (autoescape), so user text (run ids, model
+    and class names, errors, configuration) shows as text; None renders as nothing."""
+    if not _JINJA:
+        from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+        env = Environment(loader=PackageLoader("kernelib", "templates"),
+                          autoescape=select_autoescape(["html.j2"], default_for_string=False),
+                          undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                          keep_trailing_newline=True,
+                          finalize=lambda v: "" if v is None else v)
+        env.filters |= {"fmt": _format, "points": _points, "md": markdown_cell}
+        _JINJA.append(env)
+    return _JINJA[0].get_template(name).render(**context)
+
+
+def _headline(manifest: dict[str, Any], s: dict[str, Any] | None) -> dict[str, Any]:
+    """What the headline template shows: the summary and the sentences made from it."""
+    failed = [st for st in manifest.get("stages", []) if st.get("status") == "failed"]
+    h: dict[str, Any] = {"summary": s, "failed": failed[0] if failed else None,
+                         "status": manifest.get("status")}
     if s is None:
-        failed = [st for st in manifest.get("stages", []) if st.get("status") == "failed"]
-        why = (f"stage {_esc(failed[0]['label'])} failed: {_esc(failed[0].get('error'))}"
-               if failed else f"run status: {_esc(manifest.get('status'))}")
-        return f'<div class="headline failed" id="headline"><div class="big">No evaluation ' \
-               f"results yet</div><div>{why}</div></div>"
-    level = round(100 * s.get("ci_level", 0.95))
-    parts = [f'<div class="big">Selected model: <b>{_esc(s["selected"])}</b> '
-             f'<span class="muted">({_esc(s.get("selected_kind", "?"))}, chosen by '
-             f'{_esc(s.get("selected_by", "validation"))})</span></div>']
-    acc = f'test accuracy <b>{s["test_accuracy"]:.4f}</b>'
-    if "test_accuracy_lo" in s:
-        acc += f' <span class="muted">({level}% CI {s["test_accuracy_lo"]:.4f} – ' \
-               f'{s["test_accuracy_hi"]:.4f})</span>'
-    parts.append(f"<div>{acc}</div>")
-    picked = s.get("picked_member", s["best_member"])  # runs from before the fair reference
-    picked_acc = s.get("picked_member_test_accuracy", s["best_member_test_accuracy"])
-    if s["selected"] == picked:
-        parts.append(f"<div>gain over the member validation picks: none, the selected model is "
-                     f"that member ({_esc(picked)})</div>")
-    else:
-        gain = f"<b>{_points(s['accuracy_gain'])} points</b>"
-        if "accuracy_gain_lo" in s:
-            gain += (f' <span class="muted">(paired {level}% CI '
-                     f'{_points(s["accuracy_gain_lo"])} to {_points(s["accuracy_gain_hi"])}; '
-                     f'{_esc(s.get("verdict", ""))})</span>')
-        parts.append(f"<div>gain over the member validation picks, {_esc(picked)} "
-                     f"({picked_acc:.4f}): {gain}</div>")
-    parts.append(f'<div class="muted">best member on test (optimistic): '
-                 f"{_esc(s['best_member'])} ({s['best_member_test_accuracy']:.4f})</div>")
-    if s.get("benchmarks"):
-        rows = "; ".join(f"{_esc(r['model'])} {_esc(r['test_accuracy'])}"
-                         for r in s["benchmarks"]["rows"])
-        parts.append(f'<div id="benchmarks" class="muted">published results on this test set '
-                     f"({_esc(s['benchmarks']['source'])}): {rows}</div>")
-    if s.get("best_merged"):
-        parts.append(f"<div>best merged model: {_esc(evaluate.best_merged_sentence(s))}</div>")
-    sentence = evaluate.below_best_sentence(s)
-    if sentence:
-        parts.append(f'<div id="losers">{_esc(sentence[0].upper() + sentence[1:])}</div>')
-    if s.get("note"):
-        parts.append(f'<div class="muted">note: {_esc(s["note"])}</div>')
-    return f'<div class="headline" id="headline">{"".join(parts)}</div>'
+        return h
+    losers = evaluate.below_best_sentence(s)
+    return h | {
+        "level": round(100 * s.get("ci_level", 0.95)),
+        # runs from before the fair reference name only the best member
+        "picked": s.get("picked_member", s["best_member"]),
+        "picked_accuracy": s.get("picked_member_test_accuracy", s["best_member_test_accuracy"]),
+        "best_merged": evaluate.best_merged_sentence(s) if s.get("best_merged") else None,
+        "losers": losers[0].upper() + losers[1:] if losers else None,
+    }
 
 
 def provenance(stage: dict[str, Any]) -> str:
@@ -226,72 +180,47 @@ def provenance(stage: dict[str, Any]) -> str:
     return "ran" if stage.get("status") in ("succeeded", "failed", "interrupted") else ""
 
 
-def _stage_table(manifest: dict[str, Any], run_root: Path, report_dir: Path, rel: str) -> str:
-    stages = manifest.get("stages", [])
-    cols = ["#", "stage", "status", "ran or cached", "duration (s)", "report",
-            "share (no code)", "executed notebook", "error"]
-    body = []
-    for i, st in enumerate(stages, 1):
+def _stages(manifest: dict[str, Any], run_root: Path, report_dir: Path,
+            rel: str) -> list[dict[str, Any]]:
+    """The stage table's rows; links only to reports and notebooks that exist."""
+    rows = []
+    for st in manifest.get("stages", []):
         report, nb = st.get("report"), st.get("notebook")
         share = share_path(report).name if report else None
-        cells = [f'<td class="num">{i}</td>', f"<td>{_esc(st.get('label'))}</td>",
-                 f'<td class="{"ok" if st.get("status") == "succeeded" else "failed"}">'
-                 f"{_esc(st.get('status'))}</td>", f"<td>{_esc(provenance(st))}</td>",
-                 _num(st.get("duration_s"), ".1f")]
-        cells += [
-            f"<td>{_link(report, report) if report and (report_dir / report).exists() else ''}</td>",
-            f"<td>{_link(share, share) if share and (report_dir / share).exists() else ''}</td>",
-            f"<td>{_link(rel + '/' + nb, Path(nb).name) if nb and (run_root / nb).exists() else ''}</td>",
-            f"<td>{_esc(st.get('error') or '')}</td>",
-        ]
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        rows.append({
+            "label": st.get("label"), "status": st.get("status"), "provenance": provenance(st),
+            "duration_s": st.get("duration_s"), "error": st.get("error"),
+            "report": report if report and (report_dir / report).exists() else None,
+            "share": share if share and (report_dir / share).exists() else None,
+            "notebook_href": f"{rel}/{nb}" if nb and (run_root / nb).exists() else None,
+            "notebook_name": Path(nb).name if nb else None,
+        })
+    return rows
 
 
-def _ci(row: dict[str, Any], metric: str) -> str:
-    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
-    if lo is None or hi is None:
-        return '<td class="num muted">n/a</td>'
-    return f'<td class="num">{lo:.4f} – {hi:.4f}</td>'
-
-
-def _model_table(rd: RunDir) -> str:
-    comparison = io.read_json_if_exists(rd.metrics / "comparison.json")
-    if not comparison:
-        return ""
+def _models(rd: RunDir) -> dict[str, Any]:
+    """The members-vs-merged table's inputs: metrics, intervals and (when measured) costs."""
+    comparison = io.read_json_if_exists(rd.metrics / "comparison.json") or []
     intervals = {r["model"]: r for r in io.read_json_if_exists(rd.metrics / "intervals.json") or []}
     cost = {r["model"]: r for r in io.read_json_if_exists(rd.timings / "cost.json") or []}
-    top = next((c for c in comparison[0] if c.startswith("test_top")), None)
-    cols = ["model", "kind", "test accuracy", "95% CI", "test NLL (nats)", "95% CI ",
-            *([top.replace("_", " ")] if top else []), "Brier", "ECE", "MCE", "macro-F1"]
-    if cost:
-        cols += ["params", "file (KB)", "latency b1 (ms)", "throughput b256 (rows/s)"]
-    body = []
-    for r in comparison:
-        i, c = intervals.get(r["model"], {}), cost.get(r["model"])
-        cells = [f"<td>{_esc(r['model'])}</td>", f"<td>{_esc(r.get('kind'))}</td>",
-                 _num(r.get("test_accuracy")), _ci(i, "test_accuracy"),
-                 _num(r.get("test_nll")), _ci(i, "test_nll"),
-                 *([_num(r.get(top))] if top else []),
-                 _num(r.get("test_brier")), _num(r.get("test_ece")), _num(r.get("test_mce")),
-                 _num(r.get("test_macro_f1"))]
-        if cost:
-            c = c or {}
-            cells += [_num(c.get("params")), _num(c.get("file_kb"), ".1f"),
-                      _num(c.get("latency_ms_b1"), ".3f"), _num(c.get("throughput_b256"), ",.0f")]
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{_esc(h)}</th>" for h in cols)
+    top = next((c for c in comparison[0] if c.startswith("test_top")), None) if comparison else None
     device = next(iter(cost.values())).get("device") if cost else None
-    note = (f'<p class="muted">Timings: compiled forward pass on {_esc(device)}; they vary between '
-            "runs and live in timings/cost.json.</p>" if device else "")
-    return (f'<h2>Members vs merged models (test split)</h2><div class="wide"><table><thead>'
-            f"<tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{note}")
+    return {"comparison": comparison, "intervals": intervals, "cost": cost, "top": top,
+            "device": device}
+
+
+def _environment(versions: dict[str, str]) -> str:
+    """The package versions as an HTML table (pandas escapes every cell)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(list(versions.items()), columns=["package", "version"], dtype=object)
+    return frame.to_html(index=False, escape=True, border=0, justify="left")
 
 
 def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
     """`report_dir/index.html`: headline, stage table with links, model tables, artifacts, config."""
     import yaml
+    from markupsafe import Markup
 
     run_root, report_dir = Path(run_root), Path(report_dir)
     rd = RunDir(run_root)
@@ -299,55 +228,27 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
         raise PipelineError(f"run folder '{run_root}' not found; expected a folder written by "
                             "`kernelib run CONFIG` or by the notebooks.")
     manifest = io.read_json(rd.manifest) if rd.manifest.exists() else folder_manifest(rd)
-    run_id, metrics = manifest["run_id"], rd.metrics
-    summary = io.read_json_if_exists(metrics / "summary.json")
+    run_id, summary = manifest["run_id"], io.read_json_if_exists(rd.metrics / "summary.json")
     rel = Path(os.path.relpath(run_root, report_dir)).as_posix()
-    status = manifest.get("status", "?")
-    duration = manifest.get("duration_s")
-    parts = [
-        f"<h1>kernelib run {_esc(run_id)}</h1>",
-        f'<p class="sub">status <span class="{"ok" if status == "succeeded" else "failed"}">'
-        f"{_esc(status)}</span> · started {_esc(manifest.get('started'))}"
-        + (f" · {duration:.0f} s" if isinstance(duration, int | float) else "") + "</p>",
-        _headline(manifest, summary),
-        '<nav><a href="#stages">stages</a><a href="#models">models</a>'
-        '<a href="#artifacts">artifacts</a><a href="#config">configuration</a>'
-        '<a href="../index.html">all runs</a></nav>',
-        f'<h2 id="stages">Stages</h2>{_stage_table(manifest, run_root, report_dir, rel)}',
-        f'<div id="models">{_model_table(rd)}</div>',
-    ]
-    gains = io.read_json_if_exists(metrics / "gains.json")
-    if gains:
-        parts.append("<h2>Difference to the member validation picks (paired bootstrap, test "
-                     "split)</h2>" + _table(
-            gains, ["model", "kind", "versus", "test_accuracy_diff", "test_accuracy_diff_lo",
-                    "test_accuracy_diff_hi", "test_nll_diff", "test_nll_diff_lo",
-                    "test_nll_diff_hi", "verdict"],
-            ["model", "kind", "versus", "accuracy diff", "low", "high", "NLL diff (nats)", "low",
-             "high", "accuracy verdict"]))
-    per_class = io.read_json_if_exists(metrics / "per_class.json")
-    if per_class and summary:
-        rows = [r for r in per_class if r["model"] == summary["selected"]]
-        parts.append(f"<details><summary>Per-class results of {_esc(summary['selected'])} "
-                     f"(test split)</summary>" + _table(
-                         rows, ["class", "support", "predicted", "precision", "recall", "f1",
-                                "note"]) + "</details>")
+    selected = summary["selected"] if summary else None
+    per_class = io.read_json_if_exists(rd.metrics / "per_class.json") if summary else None
     exports = io.read_json_if_exists(rd.export / "exports.json")
-    if exports:
-        cols = [c for c in ["format", "path", "bytes", "max_abs_diff", "tolerance", "accuracy"]
-                if c in exports[0]]
-        parts.append("<h2>Exports (verified in a fresh process)</h2>" + _table(exports, cols))
-    artifacts = [a for a in manifest.get("artifacts", []) if (run_root / a).exists()]
-    parts.append('<h2 id="artifacts">Artifacts</h2><ul class="files">' + "".join(
-        f"<li>{_link(f'{rel}/{a}', a)}</li>" for a in artifacts) + "</ul>")
     config = manifest.get("config", {})
     ordered = {k: config[k] for k in ("run", *STAGES) if k in config} | config
-    parts.append('<h2 id="config">Configuration</h2><pre>' + _esc(
-        yaml.safe_dump(ordered, sort_keys=False)) + "</pre>")
-    parts.append("<h2>Environment</h2>" + _table(
-        [{"package": k, "version": v} for k, v in manifest.get("versions", {}).items()],
-        ["package", "version"]))
-    index = _write(report_dir / "index.html", _page(f"kernelib · {run_id}", "".join(parts)))
+    page = render_template(
+        "run_index.html.j2", title=f"kernelib · {run_id}", run_id=run_id,
+        run_status=manifest.get("status", "?"), started=manifest.get("started"),
+        duration=manifest.get("duration_s"), h=_headline(manifest, summary),
+        stages=_stages(manifest, run_root, report_dir, rel), models=_models(rd),
+        gains=io.read_json_if_exists(rd.metrics / "gains.json"), selected=selected,
+        per_class=[r for r in per_class or [] if r["model"] == selected],
+        exports=exports, export_columns=[c for c in ["format", "path", "bytes", "max_abs_diff",
+                                                     "tolerance", "accuracy"]
+                                         if exports and c in exports[0]],
+        artifacts=[a for a in manifest.get("artifacts", []) if (run_root / a).exists()], rel=rel,
+        config_yaml=yaml.safe_dump(ordered, sort_keys=False),
+        environment=Markup(_environment(manifest.get("versions", {}))))
+    index = _write(report_dir / "index.html", page)
     _write(report_dir / "run.json", json.dumps(_run_record(manifest, summary), indent=2,
                                                 sort_keys=True) + "\n")
     return index
@@ -390,21 +291,5 @@ def write_runs_index(reports_root: str | Path) -> Path:
             page.stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
         runs.append({**record, "run_id": page.parent.name, "started": started})
     runs.sort(key=lambda r: (r["started"], r["run_id"]), reverse=True)
-    head = "".join(f"<th>{h}</th>" for h in ("run", "started", "status", "duration (s)",
-                                             "selected model", "test accuracy",
-                                             "gain over the member validation picks (points)"))
-    body = []
-    for r in runs:
-        gain = r.get("accuracy_gain")
-        body.append(
-            f"<tr><td>{_link(r['run_id'] + '/index.html', r['run_id'])}</td>"
-            f"<td>{_esc(r['started'])}</td>"
-            f'<td class="{"ok" if r.get("status") == "succeeded" else "failed"}">'
-            f"{_esc(r.get('status') or '?')}</td>{_num(r.get('duration_s'), '.0f')}"
-            f"<td>{_esc(r.get('selected') or '')}</td>{_num(r.get('test_accuracy'))}"
-            f"{_num(None if gain is None else 100 * gain, '+.2f')}</tr>")
-    table = (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-             if runs else "<p>No runs yet: `kernelib run CONFIG` writes the first one.</p>")
     return _write(reports_root / "index.html",
-                  _page("kernelib runs", f"<h1>kernelib runs</h1><p class=sub>newest first</p>"
-                        f"{table}"))
+                  render_template("runs_index.html.j2", title="kernelib runs", runs=runs))
