@@ -2,13 +2,16 @@
 
 Every page is one self-contained file: images are embedded, and the `lab` template's scripts
 that load MathJax, require.js and mermaid from a CDN are left out, so a page mailed to
-someone and opened offline shows no console errors. Text that comes from users (run ids,
-model and class names, errors, configuration) is HTML-escaped everywhere.
+someone and opened offline shows no console errors. The index pages and the runs list are
+jinja2 templates (`kernelib/templates/*.html.j2`, also used for the model card's Markdown) with
+autoescape: text that comes from users (run ids, model and class names, errors,
+configuration) is HTML-escaped everywhere.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 from pathlib import Path
@@ -117,13 +120,6 @@ def render_notebook(nb_path: str | Path, html_path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- index pages
 
-_JINJA: list[Any] = []
-
-
-def _format(v: Any, spec: str) -> str:
-    return format(v, spec)
-
-
 def _points(v: float) -> str:
     return f"{100 * v:+.2f}"
 
@@ -137,22 +133,25 @@ def markdown_cell(v: Any) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
+@functools.cache
+def _templates():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=PackageLoader("kernelib", "templates"),
+                      autoescape=select_autoescape(["html.j2"], default_for_string=False),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                      keep_trailing_newline=True, finalize=lambda v: "" if v is None else v)
+    env.filters |= {"fmt": format, "points": _points, "md": markdown_cell}
+    return env
+
+
 def render_template(name: str, /, **context: Any) -> str:
     """Render `kernelib/templates/<name>` with `context`.
 
     HTML templates (`*.html.j2`) escape every value (autoescape), so user text (run ids, model
-    and class names, errors, configuration) shows as text; None renders as nothing."""
-    if not _JINJA:
-        from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
-        env = Environment(loader=PackageLoader("kernelib", "templates"),
-                          autoescape=select_autoescape(["html.j2"], default_for_string=False),
-                          undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                          keep_trailing_newline=True,
-                          finalize=lambda v: "" if v is None else v)
-        env.filters |= {"fmt": _format, "points": _points, "md": markdown_cell}
-        _JINJA.append(env)
-    return _JINJA[0].get_template(name).render(**context)
+    and class names, errors, configuration) shows as text; None renders as nothing. A missing
+    name is an error (StrictUndefined), not an empty string."""
+    return _templates().get_template(name).render(**context)
 
 
 def _headline(manifest: dict[str, Any], s: dict[str, Any] | None) -> dict[str, Any]:
@@ -209,7 +208,7 @@ def _models(rd: RunDir) -> dict[str, Any]:
             "device": device}
 
 
-def _environment(versions: dict[str, str]) -> str:
+def _versions_table(versions: dict[str, str]) -> str:
     """The package versions as an HTML table (pandas escapes every cell)."""
     import pandas as pd
 
@@ -233,6 +232,8 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
     selected = summary["selected"] if summary else None
     per_class = io.read_json_if_exists(rd.metrics / "per_class.json") if summary else None
     exports = io.read_json_if_exists(rd.export / "exports.json")
+    export_columns = [c for c in ("format", "path", "bytes", "max_abs_diff", "tolerance",
+                                  "accuracy") if exports and c in exports[0]]
     config = manifest.get("config", {})
     ordered = {k: config[k] for k in ("run", *STAGES) if k in config} | config
     page = render_template(
@@ -241,13 +242,11 @@ def write_index(run_root: str | Path, report_dir: str | Path) -> Path:
         duration=manifest.get("duration_s"), h=_headline(manifest, summary),
         stages=_stages(manifest, run_root, report_dir, rel), models=_models(rd),
         gains=io.read_json_if_exists(rd.metrics / "gains.json"), selected=selected,
-        per_class=[r for r in per_class or [] if r["model"] == selected],
-        exports=exports, export_columns=[c for c in ["format", "path", "bytes", "max_abs_diff",
-                                                     "tolerance", "accuracy"]
-                                         if exports and c in exports[0]],
+        per_class=[r for r in per_class if r["model"] == selected] if per_class else None,
+        exports=exports, export_columns=export_columns,
         artifacts=[a for a in manifest.get("artifacts", []) if (run_root / a).exists()], rel=rel,
         config_yaml=yaml.safe_dump(ordered, sort_keys=False),
-        environment=Markup(_environment(manifest.get("versions", {}))))
+        environment=Markup(_versions_table(manifest.get("versions", {}))))
     index = _write(report_dir / "index.html", page)
     _write(report_dir / "run.json", json.dumps(_run_record(manifest, summary), indent=2,
                                                 sort_keys=True) + "\n")
