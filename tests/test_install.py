@@ -109,13 +109,14 @@ def test_the_python3_kernel_is_the_fresh_environment(installed, tmp_path):
 
 
 def test_installed_package_runs_the_smoke_chain_from_any_folder(installed, tmp_path):
+    """`kernelib run smoke.yaml` in a folder of the user's: the notebooks come from the wheel."""
     _, python, site, env = installed
     pkg = site / "kernelib"
     where = json.loads(_run([python, "-c", (
         "import json, sys, kernelib, kernelib.resources as r; print(json.dumps("
         "[kernelib.__file__, str(r.notebooks_dir())]))")], env=env, cwd=tmp_path).stdout)
     assert where == [str(pkg / "__init__.py"), str(pkg / "notebooks")]
-    installed = {p for p in pkg.rglob("*") if "__pycache__" not in p.parts}
+    before = {p for p in pkg.rglob("*") if "__pycache__" not in p.parts}
 
     work = tmp_path / "work"  # the user's folder: a copy of the config, runs/ and reports/ here
     work.mkdir()
@@ -126,11 +127,12 @@ def test_installed_package_runs_the_smoke_chain_from_any_folder(installed, tmp_p
     run = work / "runs" / "installed"
     assert _json(run / "manifest.json")["status"] == "succeeded"
     assert (run / "metrics" / "summary.json").is_file()
-    assert (work / "reports" / "installed" / "index.html").is_file()
+    index = (work / "reports" / "installed" / "index.html").read_text()
+    assert "Selected model:" in index and "Members vs merged models" in index  # the templates
     executed = sorted((run / "notebooks").glob("*.ipynb"))
     assert len(executed) >= 6
     for nb in executed:
         source = Path(_json(nb)["metadata"]["papermill"]["input_path"])
         assert source.parent == pkg / "notebooks", nb.name
-    grown = {p for p in pkg.rglob("*") if "__pycache__" not in p.parts} - installed
+    grown = {p for p in pkg.rglob("*") if "__pycache__" not in p.parts} - before
     assert grown == set(), "the run wrote into the installed package"
