@@ -434,6 +434,17 @@ def test_concat_fine_tune_changes_only_the_last_layers(tiny_members, splits):
 
 # ------------------------------------------------------------------- out-of-fold validation
 
+def test_a_clone_has_the_parameters_and_nothing_fitted():
+    from sklearn.base import clone
+
+    fitted = merge.Select(size=4, seed=2).fit(SELECT_TABLE, np.array([0, 1]))
+    for copy in (fitted.clone(), clone(fitted)):
+        assert copy.get_params() == fitted.get_params()
+        assert copy.size == 4 and not hasattr(copy, "weights_")
+    with pytest.raises(MergeError, match=r"'select' does not take option\(s\) \['sise'\]"):
+        merge.Select(sise=4)
+
+
 def test_out_of_fold_weighted_matches_a_fold_by_fold_reference(tiny_members, splits):
     from sklearn.model_selection import StratifiedKFold
 

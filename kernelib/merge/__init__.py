@@ -6,8 +6,9 @@ Example::
     model = merge(members, "stacking", val=(x_val, y_val), seed=0, passthrough=True)
     model = merge(members, "select", val=(x_val, y_val), size=25, calibrate=True)
 
-Strategies (one module each, one class each: `Select(size=25).fit(val_probs, y_val)`,
-then `.to_keras(models)`): average, vote, weighted, select, stacking, concat, soup, distill. Importing this package registers kernelib's two Keras layers (`MajorityVote`,
+Strategies (one module and one class each, e.g. `Select(size=25).fit(val_probs, y_val)`
+then `.to_keras(models)`): average, vote, weighted, select, stacking, concat, soup, distill.
+Importing this package registers kernelib's two Keras layers (`MajorityVote`,
 `TemperatureScaling`), so do it before `keras.saving.load_model` on a merged file that
 holds them; every other merged model loads with plain Keras.
 """

@@ -44,11 +44,12 @@ class Strategy:
                     for k, f in cls.options.model_fields.items()}
         return {**declared, "name": cls.strategy, **cls.runtime}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The parameters (`deep` as in scikit-learn; no strategy holds a nested estimator)."""
         return {k: getattr(self, k) for k in self.defaults()}
 
     def clone(self) -> Strategy:
-        """An unfitted copy with the same parameters."""
+        """An unfitted copy with the same parameters (`sklearn.base.clone` does the same)."""
         return type(self)(**self.get_params())
 
     def fit(self, probs: np.ndarray | None = None, y: np.ndarray | None = None, *,
