@@ -76,7 +76,7 @@ def run_split(cfg, ds, root: Path):
     merged = merge.merge_many(members, m.strategies, train=splits.train, val=splits.val,
                               seed=seed, options=options, calibrate=m.calibrate)
     oof = merge.out_of_fold(members, m.strategies, val=splits.val, seed=seed, options=options,
-                            calibrate=m.calibrate, folds=m.stacking_folds)
+                            calibrate=m.calibrate, folds=m.stacking.folds)
     evaluate.cache_predictions(run, members, merged, splits, val_out_of_fold=oof)
     ev = evaluate.run_evaluation(run, splits, select_by=cfg.evaluate.select_by, seed=seed,
                                  bootstrap_resamples=cfg.evaluate.bootstrap_resamples)

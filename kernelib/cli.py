@@ -58,6 +58,26 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    sv = sub.add_parser("serve", help="serve an export folder over TF Serving's REST API and "
+                        "the Open Inference Protocol (KServe V2)")
+    sv.add_argument("path", metavar="RUN_DIR|EXPORT_DIR")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, "
+                    "this machine only; 0.0.0.0 for every interface)")
+    sv.add_argument("--port", type=int, default=8501)
+    sv.add_argument("--runtime", default="auto", choices=["auto", "onnx", "litert", "saved_model"],
+                    help="runtime (default auto: the fastest verified one in exports.json)")
+    sv.add_argument("--max-batch-size", type=int, default=0, help="rows per dynamic batch "
+                    "(default 0: no batching)")
+    sv.add_argument("--batch-timeout-us", type=int, default=0, help="how long a batch waits for "
+                    "more rows once the runtime is free (default 0)")
+    sv.add_argument("--max-body-bytes", type=int, default=64 << 20,
+                    help="largest request body accepted (default 64 MiB)")
+    sv.add_argument("--poll-seconds", type=float, default=1.0,
+                    help="how often the export folder is scanned for new versions")
+    sv.set_defaults(fn=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kernelib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -102,23 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--invert", action="store_true", help="invert image pixels first (dark "
                     "ink on light paper, for models trained on light strokes on dark)")
     pr.set_defaults(fn=_cmd_predict)
-    sv = sub.add_parser("serve", help="serve an export folder over TF Serving's REST API and "
-                        "the Open Inference Protocol (KServe V2)")
-    sv.add_argument("path", metavar="RUN_DIR|EXPORT_DIR")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, "
-                    "this machine only; 0.0.0.0 for every interface)")
-    sv.add_argument("--port", type=int, default=8501)
-    sv.add_argument("--runtime", default="auto", choices=["auto", "onnx", "litert", "saved_model"],
-                    help="runtime (default auto: the fastest verified one in exports.json)")
-    sv.add_argument("--max-batch-size", type=int, default=0, help="rows per dynamic batch "
-                    "(default 0: no batching)")
-    sv.add_argument("--batch-timeout-us", type=int, default=0, help="how long a batch waits for "
-                    "more rows once the runtime is free (default 0)")
-    sv.add_argument("--max-body-bytes", type=int, default=64 << 20,
-                    help="largest request body accepted (default 64 MiB)")
-    sv.add_argument("--poll-seconds", type=float, default=1.0,
-                    help="how often the export folder is scanned for new versions")
-    sv.set_defaults(fn=_cmd_serve)
+    _add_serve(sub)
     return ap
 
 

@@ -3,7 +3,6 @@ or a trace worked out by hand), on small random members and on the session's tin
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
 
 import keras
@@ -13,7 +12,7 @@ import pytest
 from kernelib import calibrate as kc
 from kernelib import merge, zoo
 from kernelib.errors import MergeError
-from kernelib.merge import distill, select, stacking, weighted
+from kernelib.merge import distill, select, weighted
 from kernelib.merge.vote import MajorityVote
 
 
@@ -231,23 +230,47 @@ def test_select_refuses_bad_counts(options, match, random_members, splits):
         merge.merge(random_members, "select", val=splits.val, **options)
 
 
-def test_select_model_is_the_count_weighted_mean(random_members, splits):
+def table_members(table):
+    """Members whose probabilities on the rows `eye(rows)` are `table` (members, rows, classes):
+    a softmax over log-probabilities, one input row picking one row of the table."""
+    out = []
+    for i, p in enumerate(table):
+        inputs = keras.Input((p.shape[0],), name="image")
+        dense = keras.layers.Dense(p.shape[1], activation="softmax", use_bias=False, name="probs")
+        model = keras.Model(inputs, dense(inputs), name="ABC"[i])
+        dense.set_weights([np.log(p).astype("float32")])
+        out.append(model)
+    return out
+
+
+def test_select_model_weights_are_the_hand_worked_pick_counts():
+    # the trace above: picks B, A, B, A -> weights 2/4, 2/4, 0; C is left out of the model
+    y = np.array([0, 1])
+    np.testing.assert_array_equal(merge.Select(size=4).fit(SELECT_TABLE, y).weights_,
+                                  [0.5, 0.5, 0.0])
+    model = merge.merge(table_members(SELECT_TABLE), "select", val=(np.eye(2), y), size=4)
+    assert [la.name for la in model.layers if la.name.startswith("weight_")] == \
+        ["weight_A", "weight_B"]
+    # (A + B) / 2 per row: (0.99 + 0.35) / 2 = 0.67, (0.70 + 0.02) / 2 = 0.36
+    np.testing.assert_allclose(model.predict(np.eye(2), verbose=0),
+                               [[0.67, 0.33], [0.36, 0.64]], atol=1e-6)
+
+
+def test_select_model_is_no_worse_on_val_than_its_best_member(random_members, splits):
     model = merge.merge(random_members, "select", val=splits.val, size=7)
     p = probs_of(random_members, splits.x_val)
-    counts, _ = select.greedy_selection(p, splits.y_val, size=7)
-    np.testing.assert_allclose(model.predict(splits.x_val, verbose=0),
-                               np.tensordot(counts / 7, p, 1), atol=1e-6)
     assert numpy_nll(model.predict(splits.x_val, verbose=0), splits.y_val) <= \
         min(numpy_nll(q, splits.y_val) for q in p) + 1e-6
 
 
 # -------------------------------------------------------------------------------- stacking
 
-def test_stacking_fits_only_val_and_equals_sklearn(random_members, splits):
-    from sklearn.linear_model import LogisticRegression
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # LogisticRegressionCV's 1.10 changes
+def test_stacking_fits_only_val_and_equals_logistic_regression_cv(random_members, splits):
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
 
-    assert not {"train", "test"} & set(inspect.signature(stacking.merge_stacking).parameters)
     rng = np.random.default_rng(0)
     poisoned = (splits.x_train, rng.permutation(splits.y_train))  # must not matter
     a = merge.merge(random_members, "stacking", val=splits.val, folds=3, seed=0)
@@ -255,14 +278,20 @@ def test_stacking_fits_only_val_and_equals_sklearn(random_members, splits):
     for wa, wb in zip(a.get_layer("meta").get_weights(), b.get_layer("meta").get_weights(),
                       strict=True):
         np.testing.assert_array_equal(wa, wb)
-    # the meta-learner is a logistic regression on member probabilities of the val rows only
+    # scikit-learn's own search: a logistic regression on the val rows' member probabilities,
+    # its C picked from the same grid by log loss over the same three folds
     feats = lambda x: probs_of(random_members, x).transpose(1, 0, 2).reshape(len(x), -1)  # noqa: E731
-    _, scores = stacking.fit_meta_learner(feats(splits.x_val), splits.y_val, k=10, folds=3)
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
     with threadpool_limits(1):  # see kernelib.merge.stacking: BLAS threads next to TensorFlow
-        ref = LogisticRegression(C=min(scores, key=scores.get), max_iter=2000).fit(
-            feats(splits.x_val), splits.y_val)
+        ref = LogisticRegressionCV(Cs=list(np.logspace(-2, 4, 7)), cv=cv, scoring="neg_log_loss",
+                                   max_iter=2000).fit(feats(splits.x_val), splits.y_val)
+        # its refit is warm-started (a looser optimum): the final fit is a plain one at that C
+        final = LogisticRegression(C=ref.C_[0], max_iter=2000).fit(feats(splits.x_val),
+                                                                   splits.y_val)
+    fitted = merge.Stacking(folds=3).fit(probs_of(random_members, splits.x_val), splits.y_val)
+    assert fitted.meta_learner_.C == ref.C_[0]
     np.testing.assert_allclose(a.predict(splits.x_test, verbose=0),
-                               ref.predict_proba(feats(splits.x_test)), atol=2e-5)
+                               final.predict_proba(feats(splits.x_test)), atol=2e-5)
 
 
 def test_stacking_passthrough_standardises_with_val_statistics(random_members, splits):
@@ -404,6 +433,17 @@ def test_concat_fine_tune_changes_only_the_last_layers(tiny_members, splits):
 
 
 # ------------------------------------------------------------------- out-of-fold validation
+
+def test_a_clone_has_the_parameters_and_nothing_fitted():
+    from sklearn.base import clone
+
+    fitted = merge.Select(size=4, seed=2).fit(SELECT_TABLE, np.array([0, 1]))
+    for copy in (fitted.clone(), clone(fitted)):
+        assert copy.get_params() == fitted.get_params()
+        assert copy.size == 4 and not hasattr(copy, "weights_")
+    with pytest.raises(MergeError, match=r"'select' does not take option\(s\) \['sise'\]"):
+        merge.Select(sise=4)
+
 
 def test_out_of_fold_weighted_matches_a_fold_by_fold_reference(tiny_members, splits):
     from sklearn.model_selection import StratifiedKFold

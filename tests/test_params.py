@@ -102,12 +102,17 @@ def _with(path: str, value) -> dict:
     (_with("load.members", [{"name": "a", "recipe": "mlp"}, {"name": "a", "recipe": "cnn"}]),
      r"member names must be unique"),
     (_with("load.members", [{"name": "a"}]), r"exactly one of 'recipe' or 'path'"),
-    (_with("merge.weights", [1.0]), r"one weight per member \(2\); received 1"),
+    (_with("merge.average.weights", [1.0]), r"one weight per member \(2\); received 1"),
     (_with("load.members", [{"name": "a", "path": "a.keras", "bag": 0.5}]),
      r"member 'a': 'bag' chooses the rows a recipe member trains on"),
     (_with("load.members", [{"name": "a", "recipe": "mlp", "bag": 1.5}]), r"bag: .*less than"),
-    (_with("merge.weighted_shrinkage", 2.0), r"weighted_shrinkage"),
-    (_with("merge.select_init_size", 30), r"select_init_size \(30\) must be at most"),
+    (_with("merge.weighted.shrinkage", 2.0), r"merge\.weighted\.shrinkage: .*\[0, 1\]"),
+    (_with("merge.select.init_size", 30), r"merge\.select: .*init_size \(30\) must be at most "
+                                          r"size \(5\)"),
+    (_with("merge.select.sizee", 3), r"merge\.select\.sizee: unknown key"),
+    (_with("merge.select_size", 3), r"merge\.select_size: unknown key"),
+    (_with("merge.concat.include", ["mlp_0", "ghost"]),
+     r"merge\.concat\.include names \['ghost'\], which are not members"),
 ])
 def test_bad_configs_name_the_key(cfg, match):
     with pytest.raises(ConfigError, match=match):
@@ -123,4 +128,6 @@ def test_describe_lists_every_parameter_with_help():
     rows = params.describe()
     names = {(r["stage"], r["name"]) for r in rows}
     assert ("train", "epochs") in names and ("export", "formats") in names
+    assert {("merge", "select.size"), ("merge", "concat.include"), ("merge", "distill.alpha"),
+            ("merge", "strategies")} <= names
     assert all(r["help"] for r in rows)

@@ -6,56 +6,54 @@ Example::
     model = merge(members, "stacking", val=(x_val, y_val), seed=0, passthrough=True)
     model = merge(members, "select", val=(x_val, y_val), size=25, calibrate=True)
 
-Strategies (one module each): average, vote, weighted, select, stacking, concat, soup,
-distill. Importing this package registers kernelib's two Keras layers (`MajorityVote`,
+Strategies (one module and one class each, e.g. `Select(size=25).fit(val_probs, y_val)`
+then `.to_keras(models)`): average, vote, weighted, select, stacking, concat, soup, distill.
+Importing this package registers kernelib's two Keras layers (`MajorityVote`,
 `TemperatureScaling`), so do it before `keras.saving.load_model` on a merged file that
 holds them; every other merged model loads with plain Keras.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from kernelib import calibrate as _calibrate
 from kernelib.errors import MergeError
-from kernelib.merge.average import merge_average
+from kernelib.merge.average import Average
 from kernelib.merge.base import check_val, check_xy, member_probabilities, predict, prepare
 from kernelib.merge.compare import comparison_table, tradeoff_figure
-from kernelib.merge.concat import merge_concat
-from kernelib.merge.distill import merge_distill
-from kernelib.merge.select import merge_select
-from kernelib.merge.soup import merge_soup
-from kernelib.merge.stacking import merge_stacking
-from kernelib.merge.vote import MajorityVote, merge_vote
-from kernelib.merge.weighted import merge_weighted
+from kernelib.merge.concat import Concat
+from kernelib.merge.distill import Distill
+from kernelib.merge.select import Select
+from kernelib.merge.soup import Soup
+from kernelib.merge.stacking import Stacking
+from kernelib.merge.strategy import Strategy
+from kernelib.merge.vote import MajorityVote, Vote
+from kernelib.merge.weighted import Weighted
 
-_TABLE: dict[str, Callable] = {
-    "average": merge_average,
-    "vote": merge_vote,
-    "weighted": merge_weighted,
-    "select": merge_select,
-    "stacking": merge_stacking,
-    "concat": merge_concat,
-    "soup": merge_soup,
-    "distill": merge_distill,
-}
+_TABLE: dict[str, type[Strategy]] = {
+    c.strategy: c for c in (Average, Vote, Weighted, Select, Stacking, Concat, Soup, Distill)}
 STRATEGIES: tuple[str, ...] = tuple(_TABLE)
-# Arguments `merge` passes to the strategies that take them; everything else is an option.
-_DATA_ARGS = ("train", "val", "seed", "val_probs")
 # Strategies that need only member probabilities on val (computed once by `merge_many`).
-_FROM_PREDICTIONS = ("weighted", "select", "stacking")
+_FROM_PREDICTIONS = tuple(s for s, c in _TABLE.items() if c.fits_on_val)
+
+
+def make_strategy(strategy: str, /, **params: Any) -> Strategy:
+    """The unfitted strategy object named `strategy` with `params` (a `seed` goes only to the
+    strategies that draw random numbers); unknown strategies and options refused."""
+    if strategy not in _TABLE:
+        raise MergeError(f"unknown merge strategy '{strategy}'; valid strategies: "
+                         f"{list(STRATEGIES)}")
+    cls = _TABLE[strategy]
+    return cls(**{k: v for k, v in params.items() if k != "seed" or k in cls.runtime})
 
 
 def options_of(strategy: str) -> list[str]:
-    """The options `strategy` takes (its keyword arguments besides the data arguments)."""
-    if strategy not in _TABLE:
-        raise MergeError(f"unknown merge strategy '{strategy}'; valid strategies: {list(STRATEGIES)}")
-    accepted = set(inspect.signature(_TABLE[strategy]).parameters) - {"members"}
-    return sorted(accepted - set(_DATA_ARGS))
+    """The options `strategy` takes (its parameters besides the seed)."""
+    return sorted(set(make_strategy(strategy).get_params()) - {"seed"})
 
 
 def merge(members: Sequence[Any], strategy: str, *, train: tuple | None = None,
@@ -64,23 +62,20 @@ def merge(members: Sequence[Any], strategy: str, *, train: tuple | None = None,
     """Merge `members` (keras.Model or Member objects) into one `keras.Model` with `strategy`.
 
     `train` and `val` are `(x, y)` NumPy pairs with integer labels, used by strategies that
-    fit something; options are the strategy's own keyword arguments. `calibrate=True`
-    appends a temperature-scaling layer fitted on `val` NLL. `val_probs` (members, rows,
-    classes) are the members' probabilities on `val`, if already computed. Unknown
-    strategies and unknown options are refused with the valid ones listed.
+    fit something; options are the strategy's own parameters. `calibrate=True` appends a
+    temperature-scaling layer fitted on `val` NLL. `val_probs` (members, rows, classes) are
+    the members' probabilities on `val`, if already computed. Unknown strategies and unknown
+    options are refused with the valid ones listed.
     """
-    valid_options = options_of(strategy)
-    unknown = sorted(set(options) - set(valid_options))
-    if unknown:
-        raise MergeError(f"strategy '{strategy}' does not take option(s) {unknown}; "
-                         f"valid options: {valid_options}")
+    est = make_strategy(strategy, seed=seed, **options)
     if calibrate and val is None:
-        raise MergeError(f"calibrate=True fits a temperature on 'val'; strategy '{strategy}' "
-                         "received val=None. Pass val=(x_val, y_val).")
-    fn = _TABLE[strategy]
-    accepted = set(inspect.signature(fn).parameters)
-    data = {"train": train, "val": val, "seed": seed, "val_probs": val_probs}
-    model = fn(members, **{k: v for k, v in data.items() if k in accepted}, **options)
+        raise MergeError(f"calibrate=True fits a temperature on 'val'; strategy "
+                         f"'{strategy}' received val=None. Pass val=(x_val, y_val).")
+
+    def build(teacher: str):
+        return merge(members, teacher, train=train, val=val, seed=seed)
+
+    model = est.merge(members, train=train, val=val, val_probs=val_probs, build=build)
     if not calibrate:
         return model
     return _calibrate.calibrate(model, check_xy(val, "val", strategy, model.output_shape[-1],
@@ -117,42 +112,6 @@ def merge_many(members: Sequence[Any], strategies: Sequence[str], *, train: tupl
     return {s: merged[s] for s in strategies}
 
 
-def _fitter(strategy: str, options: dict[str, Any], *, seed: int, x=None):
-    """For a strategy fitted on member probabilities only: `fit(probs, y, rows) -> combine`,
-    where `combine(probs, rows)` maps held-out member probabilities to the strategy's output."""
-    from kernelib.merge import stacking as st
-    from kernelib.merge.select import fit_select_weights
-    from kernelib.merge.weighted import fit_weights
-
-    defaults = {k: v.default for k, v in inspect.signature(_TABLE[strategy]).parameters.items()
-                if v.default is not inspect.Parameter.empty}
-    options = {**defaults, **options}  # the strategy's own defaults, never a second copy
-    if strategy == "weighted":
-        def fit(p, y, rows):
-            w = fit_weights(p, y, shrinkage=options["shrinkage"], folds=int(options["folds"]),
-                            seed=seed)
-            return lambda q, _rows: np.tensordot(w, q, axes=1)
-    elif strategy == "select":
-        def fit(p, y, rows):
-            w = fit_select_weights(p, y, size=int(options["size"]), metric=options["metric"],
-                                   init_size=int(options["init_size"]),
-                                   bags=int(options["bags"]), seed=seed)
-            return lambda q, _rows: np.tensordot(w, q, axes=1)
-    else:  # stacking
-        def fit(p, y, rows):
-            passthrough = options["passthrough"]
-            mean, var = st.standardiser(x[rows]) if passthrough else (None, None)
-
-            def feats(q, r):
-                return st.meta_features(q, x[r] if passthrough else None, mean=mean,
-                                        variance=var)
-
-            clf, _ = st.fit_meta_learner(feats(p, rows), y, k=p.shape[-1],
-                                         folds=int(options["folds"]), seed=seed)
-            return lambda q, r: clf.predict_proba(feats(q, r))
-    return fit
-
-
 def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple,
                 seed: int = 0, options: dict[str, dict[str, Any]] | None = None,
                 calibrate: Sequence[str] = (), folds: int = 5) -> dict[str, np.ndarray]:
@@ -180,13 +139,14 @@ def out_of_fold(members: Sequence[Any], strategies: Sequence[str], *, val: tuple
     cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     out = {}
     for s in wanted:
-        fit = _fitter(s, (options or {}).get(s, {}), seed=seed, x=x_val)
+        proto = make_strategy(s, seed=seed, **(options or {}).get(s, {}))
         oof = np.zeros(probs.shape[1:])
         for fit_rows, held_out in cv.split(np.zeros((len(y_val), 1)), y_val):  # labels only
-            combine = fit(probs[:, fit_rows], y_val[fit_rows], fit_rows)
-            pred = combine(probs[:, held_out], held_out)
+            raw = (x_val[fit_rows], x_val[held_out]) if proto.needs_x else (None, None)
+            est = proto.clone().fit(probs[:, fit_rows], y_val[fit_rows], x=raw[0])
+            pred = est.predict(probs[:, held_out], x=raw[1])
             if s in calibrate:
-                t = _calibrate.fit_temperature(combine(probs[:, fit_rows], fit_rows),
+                t = _calibrate.fit_temperature(est.predict(probs[:, fit_rows], x=raw[0]),
                                                y_val[fit_rows])
                 pred = np.exp(_calibrate.log_scaled(pred, t))
             oof[held_out] = pred
@@ -201,23 +161,11 @@ def options_from_params(p, *, run=None, augment: dict | None = None) -> dict[str
     to `tensorboard/<strategy>/` in it; `augment` (the run's `data.read_augment`) goes to the
     two that train on data.
     """
-    logs = {s: {"log_dir": str(run.tensorboard_dir(s))} if run is not None and p.tensorboard
-            else {} for s in ("concat", "distill")}
-    return {
-        "average": {"weights": p.weights},
-        "weighted": {"shrinkage": p.weighted_shrinkage, "folds": p.weighted_folds},
-        "select": {"size": p.select_size, "metric": p.select_metric,
-                   "init_size": p.select_init_size, "bags": p.select_bags},
-        "stacking": {"passthrough": p.stacking_passthrough, "folds": p.stacking_folds},
-        "concat": {"epochs": p.concat_epochs, "learning_rate": p.concat_learning_rate,
-                   "fine_tune_layers": p.concat_fine_tune_layers,
-                   "fine_tune_learning_rate": p.concat_fine_tune_learning_rate,
-                   "augment": augment, "include": p.concat_members, **logs["concat"]},
-        "soup": {"mode": p.soup_mode, "metric": p.soup_metric,
-                 "ingredients": p.soup_ingredients},
-        "distill": {"teacher": p.distill_teacher, "student": p.distill_student,
-                    "epochs": p.distill_epochs, "augment": augment, **logs["distill"]},
-    }
+    options = {s: p.options(s) for s in STRATEGIES}
+    for s in ("concat", "distill"):
+        logs = {"log_dir": str(run.tensorboard_dir(s))} if run is not None and p.tensorboard else {}
+        options[s] |= {"augment": augment, **logs}
+    return options
 
 
 def save_all(merged: dict[str, Any], run, *, check_x: np.ndarray):
@@ -248,5 +196,7 @@ def save(model, path, *, check_x: np.ndarray) -> float:
     return float(np.max(np.abs(predict(model, check_x) - predict(reloaded, check_x))))
 
 
-__all__ = ["STRATEGIES", "MajorityVote", "comparison_table", "merge", "merge_many",
-           "options_from_params", "options_of", "out_of_fold", "save", "save_all", "tradeoff_figure"]
+__all__ = ["STRATEGIES", "Average", "Concat", "Distill", "MajorityVote", "Select", "Soup",
+           "Stacking", "Strategy", "Vote", "Weighted", "comparison_table", "make_strategy",
+           "merge", "merge_many", "options_from_params", "options_of", "out_of_fold", "save",
+           "save_all", "tradeoff_figure"]

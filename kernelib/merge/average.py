@@ -13,7 +13,9 @@ import keras
 import numpy as np
 
 from kernelib.errors import MergeError
-from kernelib.merge.base import model_input, prepare
+from kernelib.merge.base import model_input
+from kernelib.merge.strategy import Strategy
+from kernelib.merge_params import AverageParams
 
 
 def normalise_weights(weights: Sequence[float], n: int) -> list[float]:
@@ -45,9 +47,22 @@ def weighted_model(models: Sequence[Any], weights: Sequence[float], name: str):
     return keras.Model(inputs, outputs, name=name)
 
 
-def merge_average(members: Sequence[Any], *, weights: Sequence[float] | None = None,
-                  name: str = "average"):
+class WeightedMean(Strategy):
+    """`sum_i w_i p_i` with the weights `weights_` (one per member, summing to 1)."""
+
+    def predict(self, probs, *, x=None):
+        return np.tensordot(self.weights_, probs, axes=1)
+
+    def to_keras(self, models):
+        return weighted_model(models, self.weights_.tolist(), self.name)
+
+
+class Average(WeightedMean):
     """Mean of member probabilities, uniform or with fixed `weights` (one per member)."""
-    models = prepare(members, "average")
-    w = normalise_weights([1.0] * len(models) if weights is None else weights, len(models))
-    return weighted_model(models, w, name)
+
+    strategy, options = "average", AverageParams
+
+    def to_keras(self, models):
+        w = [1.0] * len(models) if self.weights is None else self.weights
+        self.weights_ = np.asarray(normalise_weights(w, len(models)))
+        return super().to_keras(models)

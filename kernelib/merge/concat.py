@@ -17,6 +17,8 @@ import keras
 from kernelib.errors import MergeError
 from kernelib.members import features
 from kernelib.merge.base import check_xy, leaf_layers, model_input, pick, prepare
+from kernelib.merge.strategy import Strategy
+from kernelib.merge_params import ConcatParams
 
 
 def feature_extractor(model):
@@ -103,3 +105,21 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
             unfreeze_last(e, fine_tune_layers)
         fit(fine_tune_learning_rate, log_dir and f"{log_dir}/fine_tune")
     return model
+
+
+class Concat(Strategy):
+    """A new softmax head on the frozen members' concatenated features, trained on data."""
+
+    strategy, options = "concat", ConcatParams
+    runtime = {"seed": 0, "augment": None, "log_dir": None}
+
+    def fit(self, members, *, train=None, val=None):
+        """Train the head on `train` (early-stopped on `val`) into `model_`: `merge_concat`."""
+        self.model_ = merge_concat(members, train=train, val=val, **self.get_params())
+        return self
+
+    def to_keras(self, models):
+        return self.model_
+
+    def merge(self, members, *, train=None, val=None, val_probs=None, build=None):
+        return self.fit(members, train=train, val=val).to_keras(members)

@@ -13,13 +13,15 @@ model: one file, plain Keras, one network's cost at inference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from kernelib.errors import MergeError
 from kernelib.merge.base import check_xy, n_classes, predict, prepare
+from kernelib.merge.strategy import Strategy
+from kernelib.merge_params import MERGE_STRATEGIES, DistillParams
 
 
 def transfer_set(x: np.ndarray, y: np.ndarray, teacher_probs_fn, *, k: int, alpha: float,
@@ -36,15 +38,17 @@ def transfer_set(x: np.ndarray, y: np.ndarray, teacher_probs_fn, *, k: int, alph
     return inputs, targets.astype("float32")
 
 
-def _teacher(teacher: Any, members: Sequence[Any], models: Sequence[Any], *, train, val, seed):
-    from kernelib.merge import STRATEGIES, merge
-
+def _teacher(teacher: Any, models: Sequence[Any], build: Callable[[str], Any] | None):
     if isinstance(teacher, str):
-        valid = [s for s in STRATEGIES if s != "distill"]
+        valid = [s for s in MERGE_STRATEGIES if s != "distill"]
         if teacher not in valid:
             raise MergeError(f"strategy 'distill': 'teacher' must be one of {valid} or a "
                              f"keras.Model; received {teacher!r}")
-        return merge(members, teacher, train=train, val=val, seed=seed)
+        if build is None:
+            raise MergeError(f"strategy 'distill': teacher {teacher!r} is a strategy name, "
+                             "which needs build=; use kernelib.merge.merge, or pass the built "
+                             "keras.Model as the teacher")
+        return build(teacher)
     shapes = (tuple(getattr(teacher, "input_shape", (None,))[1:]),
               getattr(teacher, "output_shape", (None,))[-1])
     if shapes != (tuple(models[0].input_shape[1:]), n_classes(models)):
@@ -60,10 +64,10 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
                   student: str = "cnn", epochs: int = 30, learning_rate: float = 1e-3,
                   batch_size: int = 64, patience: int = 5, alpha: float = 0.5,
                   mixup_copies: int = 1, augment: dict | None = None, name: str = "distill",
-                  log_dir: str | None = None):
-    """Train a `student` zoo recipe on the soft targets of the `teacher` merged model;
-    `augment` (`data.read_augment`) transforms its training batches. With `log_dir`, the
-    student's TensorBoard scalars go there.
+                  log_dir: str | None = None, build: Callable[[str], Any] | None = None):
+    """Train a `student` zoo recipe on the soft targets of the `teacher` merged model (or
+    strategy name: `build(teacher)` makes it); `augment` (`data.read_augment`) transforms its
+    training batches. With `log_dir`, the student's TensorBoard scalars go there.
     """
     import keras
 
@@ -78,7 +82,7 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
     if not 0.0 <= alpha <= 1.0:
         raise MergeError(f"strategy 'distill': 'alpha' (weight of the hard labels) must lie in "
                          f"[0, 1]; received alpha={alpha!r}")
-    teacher_model = _teacher(teacher, members, models, train=train, val=val, seed=seed)
+    teacher_model = _teacher(teacher, models, build)
     inputs, targets = transfer_set(
         x_train.astype("float32"), y_train,
         lambda x: predict(teacher_model, x),
@@ -100,3 +104,22 @@ def merge_distill(members: Sequence[Any], *, train: tuple | None = None,
                    *tensorboard_callbacks(log_dir)],
     )
     return model
+
+
+class Distill(Strategy):
+    """One small student network trained on a merged teacher's soft targets."""
+
+    strategy, options = "distill", DistillParams
+    runtime = {"seed": 0, "augment": None, "log_dir": None}
+
+    def fit(self, members, *, train=None, val=None, build=None):
+        """Train the student on `train` (early-stopped on `val`) into `model_`: `merge_distill`."""
+        self.model_ = merge_distill(members, train=train, val=val, build=build,
+                                    **self.get_params())
+        return self
+
+    def to_keras(self, models):
+        return self.model_
+
+    def merge(self, members, *, train=None, val=None, val_probs=None, build=None):
+        return self.fit(members, train=train, val=val, build=build).to_keras(members)

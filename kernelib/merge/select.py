@@ -15,21 +15,14 @@ papers bag the model library, this bags the rows, which needs no extra parameter
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from kernelib.errors import MergeError
-from kernelib.merge.average import weighted_model
-from kernelib.merge.base import (
-    accuracy,
-    check_choice,
-    check_val,
-    member_probabilities,
-    nll,
-    prepare,
-)
+from kernelib.merge.average import WeightedMean
+from kernelib.merge.base import accuracy, check_choice, nll
+from kernelib.merge_params import SelectParams
 
 METRICS = ("nll", "accuracy")
 
@@ -89,16 +82,16 @@ def _check_counts(size, init_size, bags, n_members: int) -> None:
                          f"members ({n_members}); received init_size={init_size}")
 
 
-def merge_select(members: Sequence[Any], *, val: tuple | None = None, size: int = 25,
-                 metric: str = "nll", init_size: int = 0, bags: int = 0, seed: int = 0,
-                 val_probs: np.ndarray | None = None, name: str = "select"):
-    """Weighted mean of the members picked by greedy forward selection on `val`
-    (optionally from the `init_size` best members, and bagged over `bags` row resamples)."""
-    models = prepare(members, "select")
-    check_choice(metric, METRICS, "metric", "select")
-    _check_counts(size, init_size, bags, len(models))
-    x_val, y_val = check_val(models, val, "select")
-    probs = member_probabilities(models, x_val, given=val_probs)
-    w = fit_select_weights(probs, y_val, size=int(size), metric=metric,
-                           init_size=int(init_size), bags=int(bags), seed=seed)
-    return weighted_model(models, w.tolist(), name)
+class Select(WeightedMean):
+    """Weighted mean of the members picked by greedy forward selection on val (optionally
+    from the `init_size` best members, and bagged over `bags` row resamples)."""
+
+    strategy, options, runtime, fits_on_val = "select", SelectParams, {"seed": 0}, True
+
+    def fit(self, probs, y, *, x=None):
+        check_choice(self.metric, METRICS, "metric", "select")
+        _check_counts(self.size, self.init_size, self.bags, len(probs))
+        self.weights_ = fit_select_weights(probs, y, size=int(self.size), metric=self.metric,
+                                           init_size=int(self.init_size), bags=int(self.bags),
+                                           seed=self.seed)
+        return self

@@ -33,6 +33,8 @@ from kernelib.merge.base import (
     predict,
     prepare,
 )
+from kernelib.merge.strategy import Strategy
+from kernelib.merge_params import SoupParams
 
 MODES = ("uniform", "greedy")
 METRICS = ("accuracy", "nll")
@@ -59,7 +61,7 @@ def check_same_architecture(models: Sequence[Any]) -> None:
                     f"strategy 'soup' averages weights, so all ingredients need one "
                     f"architecture; member '{m.name}' differs from '{models[0].name}' first at "
                     f"layer {i}: {show(b)} vs {show(a)}. Use fine-tunes of one member "
-                    f"('finetune_from' in load.members) as 'soup_ingredients'."
+                    f"('finetune_from' in load.members) as the soup's 'ingredients'."
                 )
 
 
@@ -70,39 +72,49 @@ def average_weights(models: Sequence[Any], chosen: Sequence[int]) -> list[np.nda
             .astype(per_model[0][j].dtype) for j in range(len(per_model[0]))]
 
 
-def merge_soup(members: Sequence[Any], *, val: tuple | None = None, mode: str = "greedy",
-               metric: str = "accuracy", ingredients: Sequence[str] | None = None,
-               name: str = "soup"):
-    """Average the weights of same-architecture members (all of them, or greedily on `val`).
+class Soup(Strategy):
+    """Average the weights of same-architecture members (all of them, or greedily on val).
 
     `ingredients` names the members to use (default: all); `metric` is what greedy mode
-    keeps from getting worse on `val` ("accuracy" as in Wortsman et al., or "nll").
+    keeps from getting worse on val ("accuracy" as in Wortsman et al., or "nll").
     """
-    import keras
 
-    check_choice(mode, MODES, "mode", "soup")
-    check_choice(metric, METRICS, "metric", "soup")
-    models = prepare(pick(members, ingredients, "soup", "ingredients"), "soup")
-    check_same_architecture(models)
-    soup = keras.models.clone_model(models[0], recursive=True)  # a nested member copied too
-    soup.name = name
-    if mode == "uniform":
-        soup.set_weights(average_weights(models, range(len(models))))
-        return soup
-    x_val, y_val = check_val(models, val, "soup")
+    strategy, options = "soup", SoupParams
 
-    def val_score(chosen: Sequence[int]) -> float:
-        """Higher is better: val accuracy, or minus val NLL."""
-        soup.set_weights(average_weights(models, chosen))
-        p = predict(soup, x_val)
-        return accuracy(p, y_val) if metric == "accuracy" else -nll(p, y_val)
+    def fit(self, models, val=None):
+        """Choose the ingredients (`chosen_`, indices into `models`) into the soup `soup_`."""
+        import keras
 
-    scores = [val_score([i]) for i in range(len(models))]
-    order = sorted(range(len(models)), key=lambda i: -scores[i])  # stable: ties keep order
-    chosen, best = [order[0]], scores[order[0]]
-    for i in order[1:]:
-        score = val_score([*chosen, i])
-        if score >= best:
-            chosen, best = [*chosen, i], score
-    soup.set_weights(average_weights(models, chosen))
-    return soup
+        check_choice(self.mode, MODES, "mode", "soup")
+        check_choice(self.metric, METRICS, "metric", "soup")
+        check_same_architecture(models)
+        soup = keras.models.clone_model(models[0], recursive=True)  # a nested member copied too
+        soup.name = self.name
+        self.soup_, self.chosen_ = soup, list(range(len(models)))
+        if self.mode == "greedy":
+            self.chosen_ = self._greedy(models, *check_val(models, val, "soup"))
+        return self
+
+    def _greedy(self, models, x_val, y_val) -> list[int]:
+        def val_score(chosen: Sequence[int]) -> float:
+            """Higher is better: val accuracy, or minus val NLL."""
+            self.soup_.set_weights(average_weights(models, chosen))
+            p = predict(self.soup_, x_val)
+            return accuracy(p, y_val) if self.metric == "accuracy" else -nll(p, y_val)
+
+        scores = [val_score([i]) for i in range(len(models))]
+        order = sorted(range(len(models)), key=lambda i: -scores[i])  # stable: ties keep order
+        chosen, best = [order[0]], scores[order[0]]
+        for i in order[1:]:
+            score = val_score([*chosen, i])
+            if score >= best:
+                chosen, best = [*chosen, i], score
+        return chosen
+
+    def to_keras(self, models):
+        self.soup_.set_weights(average_weights(models, self.chosen_))
+        return self.soup_
+
+    def merge(self, members, *, train=None, val=None, val_probs=None, build=None):
+        models = prepare(pick(members, self.ingredients, "soup", "ingredients"), "soup")
+        return self.fit(models, val).to_keras(models)

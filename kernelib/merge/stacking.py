@@ -14,19 +14,13 @@ The merged model is members -> `Concatenate` -> `Dense(softmax)` (plus `Flatten`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from kernelib.errors import MergeError
-from kernelib.merge.base import (
-    check_val,
-    member_probabilities,
-    model_input,
-    n_classes,
-    nll,
-    prepare,
-)
+from kernelib.merge.base import model_input, n_classes, nll
+from kernelib.merge.strategy import Strategy
+from kernelib.merge_params import StackingParams
 
 C_GRID = tuple(np.logspace(-2, 4, 7))  # inverse L2 strengths tried by the k-fold search
 
@@ -77,31 +71,45 @@ def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return raw.mean(axis=0), np.where(variance < 1e-12, 1.0, variance)
 
 
-def merge_stacking(members: Sequence[Any], *, val: tuple | None = None, seed: int = 0,
-                   passthrough: bool = False, folds: int = 5,
-                   val_probs: np.ndarray | None = None, name: str = "stacking"):
-    """A logistic-regression meta-learner on member probabilities, fitted on `val` only."""
-    import keras
+class Stacking(Strategy):
+    """A logistic-regression meta-learner on member probabilities, fitted on val only."""
 
-    models = prepare(members, "stacking")
-    if not isinstance(folds, int | np.integer) or folds < 2:
-        raise MergeError(f"strategy 'stacking': 'folds' must be an integer >= 2; received "
-                         f"folds={folds!r}")
-    k = n_classes(models)
-    x_val, y_val = check_val(models, val, "stacking")
-    probs = member_probabilities(models, x_val, given=val_probs)
-    mean, variance = standardiser(x_val) if passthrough else (None, None)
-    features = meta_features(probs, x_val if passthrough else None, mean=mean, variance=variance)
-    clf, _ = fit_meta_learner(features, y_val, k=k, folds=int(folds), seed=seed)
+    strategy, options, runtime, fits_on_val = "stacking", StackingParams, {"seed": 0}, True
 
-    inputs = model_input(models)
-    parts = [m(inputs, training=False) for m in models]
-    if passthrough:
-        raw = keras.layers.Flatten(name="raw")(inputs)
-        parts.append(keras.layers.Normalization(mean=mean.tolist(), variance=variance.tolist(),
-                                                dtype="float32", name="raw_standardise")(raw))
-    feats = keras.layers.Concatenate(dtype="float32", name="meta_features")(parts)
-    head = keras.layers.Dense(k, activation="softmax", dtype="float32", name="meta")
-    outputs = head(feats)
-    head.set_weights([clf.coef_.T.astype("float32"), clf.intercept_.astype("float32")])
-    return keras.Model(inputs, outputs, name=name)
+    @property
+    def needs_x(self) -> bool:
+        return self.passthrough
+
+    def fit(self, probs, y, *, x=None):
+        if not isinstance(self.folds, int | np.integer) or self.folds < 2:
+            raise MergeError(f"strategy 'stacking': 'folds' must be an integer >= 2; received "
+                             f"folds={self.folds!r}")
+        self.mean_, self.variance_ = standardiser(x) if self.passthrough else (None, None)
+        self.meta_learner_, self.scores_ = fit_meta_learner(
+            self._features(probs, x), y, k=probs.shape[-1], folds=int(self.folds), seed=self.seed)
+        return self
+
+    def _features(self, probs, x):
+        return meta_features(probs, x if self.passthrough else None, mean=self.mean_,
+                             variance=self.variance_)
+
+    def predict(self, probs, *, x=None):
+        return self.meta_learner_.predict_proba(self._features(probs, x))
+
+    def to_keras(self, models):
+        import keras
+
+        inputs = model_input(models)
+        parts = [m(inputs, training=False) for m in models]
+        if self.passthrough:
+            raw = keras.layers.Flatten(name="raw")(inputs)
+            parts.append(keras.layers.Normalization(
+                mean=self.mean_.tolist(), variance=self.variance_.tolist(), dtype="float32",
+                name="raw_standardise")(raw))
+        feats = keras.layers.Concatenate(dtype="float32", name="meta_features")(parts)
+        k = n_classes(models)
+        head = keras.layers.Dense(k, activation="softmax", dtype="float32", name="meta")
+        outputs = head(feats)
+        clf = self.meta_learner_
+        head.set_weights([clf.coef_.T.astype("float32"), clf.intercept_.astype("float32")])
+        return keras.Model(inputs, outputs, name=self.name)

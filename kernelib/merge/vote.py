@@ -9,18 +9,21 @@ one-hot rows into fitted, smoothed probabilities).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import keras
 
 from kernelib.layers import MajorityVote  # noqa: F401  (its home before layers.py)
-from kernelib.merge.base import model_input, prepare
+from kernelib.merge.base import model_input
+from kernelib.merge.strategy import Strategy
+from kernelib.merge_params import VoteParams
 
 
-def merge_vote(members: Sequence[Any], *, name: str = "vote"):
+class Vote(Strategy):
     """Hard majority vote of the members, as one-hot probability rows."""
-    models = prepare(members, "vote")
-    inputs = model_input(models)
-    outputs = MajorityVote(dtype="float32", name="majority_vote")([m(inputs, training=False) for m in models])
-    return keras.Model(inputs, outputs, name=name)
+
+    strategy, options = "vote", VoteParams
+
+    def to_keras(self, models):
+        inputs = model_input(models)
+        outputs = MajorityVote(dtype="float32", name="majority_vote")(
+            [m(inputs, training=False) for m in models])
+        return keras.Model(inputs, outputs, name=self.name)

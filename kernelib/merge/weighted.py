@@ -17,13 +17,13 @@ fold scored by weights fitted on the others); a number fixes it; `0` is the plai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from kernelib.errors import MergeError
-from kernelib.merge.average import weighted_model
-from kernelib.merge.base import EPS, check_val, member_probabilities, nll, prepare
+from kernelib.merge.average import WeightedMean
+from kernelib.merge.base import EPS, nll
+from kernelib.merge_params import WeightedParams
 
 SHRINKAGE_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 
@@ -93,13 +93,13 @@ def fit_weights(probs: np.ndarray, y: np.ndarray, *, shrinkage: float | str = "a
     return shrink(fit_simplex_weights(probs, y), float(shrinkage))
 
 
-def merge_weighted(members: Sequence[Any], *, val: tuple | None = None,
-                   val_probs: np.ndarray | None = None, shrinkage: float | str = "auto",
-                   folds: int = 5, seed: int = 0, name: str = "weighted"):
-    """Weighted mean of member probabilities, weights fitted on `val` by minimising NLL,
-    shrunk toward uniform by `shrinkage` ('auto': picked out-of-fold over `folds`)."""
-    models = prepare(members, "weighted")
-    x_val, y_val = check_val(models, val, "weighted")
-    probs = member_probabilities(models, x_val, given=val_probs)
-    w = fit_weights(probs, y_val, shrinkage=shrinkage, folds=folds, seed=seed)
-    return weighted_model(models, w.tolist(), name)
+class Weighted(WeightedMean):
+    """Weighted mean of member probabilities, weights fitted on val by minimising NLL, shrunk
+    toward uniform by `shrinkage` ('auto': picked out-of-fold over `folds`)."""
+
+    strategy, options, runtime, fits_on_val = "weighted", WeightedParams, {"seed": 0}, True
+
+    def fit(self, probs, y, *, x=None):
+        self.weights_ = fit_weights(probs, y, shrinkage=self.shrinkage, folds=int(self.folds),
+                                    seed=self.seed)
+        return self
