@@ -345,6 +345,32 @@ def test_prediction_cache_round_trip(tmp_path):
     assert kinds == {"a": "member", "b/c": "merged"}
 
 
+def test_cache_predictions_writes_the_cache_models_json_and_the_val_table(tmp_path):
+    from types import SimpleNamespace
+
+    from kernelib.merge.cache import cache_predictions
+    from kernelib.rundir import RunDir
+
+    def fixed(p):  # a "model" that returns the same probability row for every input row
+        return lambda x, training=False: np.tile(p, (len(x), 1))
+
+    run = RunDir(tmp_path / "run")
+    members = [SimpleNamespace(name="a", model=fixed([0.7, 0.2, 0.1]))]
+    merged = {"w": fixed([0.1, 0.8, 0.1])}
+    splits = SimpleNamespace(x_val=np.zeros((4, 2)), y_val=Y, x_test=np.zeros((3, 2)),
+                             y_test=Y[:3])
+    table = cache_predictions(run, members, merged, splits, val_out_of_fold={"w": P})
+    preds, kinds = inference.read_predictions(run.predictions)
+    np.testing.assert_array_equal(preds["val"]["w"], P)  # out-of-fold replaces the direct ones
+    np.testing.assert_array_equal(preds["test"]["w"], [[0.1, 0.8, 0.1]] * 3)
+    assert kinds == {"a": "member", "w": "merged"}
+    assert json.loads((run.merged / "models.json").read_text()) == {
+        "a": {"kind": "member", "path": "members/a/model.keras", "val_predictions": "direct"},
+        "w": {"kind": "merged", "path": "merged/w.keras", "val_predictions": "out-of-fold"}}
+    assert table.loc["a", "val_accuracy"] == 0.25 and table.loc["w", "val_accuracy"] == 0.75
+    assert [r["model"] for r in _strict_json(run.metrics / "merge.json")] == list(table.index)
+
+
 def _strict_json(path):
     """Parse JSON refusing NaN/Infinity (not valid JSON for other tools)."""
     def refuse(token):
