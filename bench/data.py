@@ -31,7 +31,7 @@ import numpy as np
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from kernelib import data, evaluate, merge, train, zoo
+from kernelib import data, inference, merge, train, zoo
 
 folder, size = sys.argv[1], int(sys.argv[2])
 train.setup(seed=0, deterministic=False)
@@ -49,7 +49,7 @@ train.fit(model, s.train, s.val, out_dir=sys.argv[3], epochs=1, batch_size=256,
           learning_rate=1e-3, patience=1, seed=0)
 merged = merge.merge_many([model, other], ["average", "weighted"], train=s.train, val=s.val,
                           seed=0)
-preds = evaluate.predict_all({"mlp_0": model, **merged}, {"val": s.x_val, "test": s.x_test})
+preds = inference.predict_all({"mlp_0": model, **merged}, {"val": s.x_val, "test": s.x_test})
 acc = float((preds["test"]["weighted"].argmax(1) == s.y_test).mean())
 print(json.dumps({"rows": len(ds.y), "train": len(s.y_train), "index_s": t_load,
                   "decode_per_s": decode, "test_accuracy": acc,

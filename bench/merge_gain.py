@@ -77,7 +77,7 @@ def run_split(cfg, ds, root: Path):
                               seed=seed, options=options, calibrate=m.calibrate)
     oof = merge.out_of_fold(members, m.strategies, val=splits.val, seed=seed, options=options,
                             calibrate=m.calibrate, folds=m.stacking.folds)
-    evaluate.cache_predictions(run, members, merged, splits, val_out_of_fold=oof)
+    merge.cache_predictions(run, members, merged, splits, val_out_of_fold=oof)
     ev = evaluate.run_evaluation(run, splits, select_by=cfg.evaluate.select_by, seed=seed,
                                  bootstrap_resamples=cfg.evaluate.bootstrap_resamples)
     return run, splits, ev
@@ -85,7 +85,7 @@ def run_split(cfg, ds, root: Path):
 
 def variants(run, splits, members: list[str], seed: int) -> dict[str, tuple[float, float]]:
     """Test (accuracy, NLL) of the plain and new forms of `weighted` and `select`."""
-    from kernelib.evaluate import read_predictions
+    from kernelib.inference import read_predictions
     from kernelib.merge.base import accuracy, nll
     from kernelib.merge.select import fit_select_weights
     from kernelib.merge.weighted import fit_weights

@@ -16,8 +16,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kernelib.evaluate import EPS
+from kernelib.inference import predict_proba
 from kernelib.layers import TemperatureScaling
+from kernelib.metrics import EPS
 
 BOUNDS = (0.05, 20.0)  # temperatures searched (a wider range only ever fits noise)
 
@@ -47,9 +48,7 @@ def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
 
 def calibrate(model, val: tuple[np.ndarray, np.ndarray], *, name: str | None = None):
     """`model` followed by a `TemperatureScaling` layer whose temperature is fitted on `val`."""
-    from kernelib.merge.base import predict
-
     x, y = val
-    t = fit_temperature(predict(model, x), np.asarray(y))
+    t = fit_temperature(predict_proba(model, x), np.asarray(y))
     outputs = TemperatureScaling(t, dtype="float32", name="temperature")(model.outputs[0])
     return keras.Model(model.input, outputs, name=name or model.name)

@@ -8,13 +8,13 @@ batches. Every timing is the median of repeated calls after a warm-up.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kernelib import io
-from kernelib.members import count_params
 
 
 def compiled_forward(model, *, jit_compile: bool = True):
@@ -62,7 +62,7 @@ def cost(model, path: str | Path | None = None, *, repeats: int = 30) -> dict[st
         fn, compiled = compiled_forward(model, jit_compile=False), "graph"
         latency = latency_ms(model, fn=fn, repeats=repeats)
     return {
-        "params": count_params(model),
+        "params": int(model.count_params()),
         "file_kb": round(io.size_bytes(path) / 1024, 1) if path else None,
         "latency_ms_b1": latency,
         "throughput_b256": throughput(model, fn=fn, repeats=max(3, repeats // 3)),
@@ -80,3 +80,15 @@ def device_name() -> str:
         return "CPU"
     details = tf.config.experimental.get_device_details(gpus[0])
     return f"GPU ({details.get('device_name', gpus[0].name)})"
+
+
+def cost_table(models: Iterable[tuple[str, str, Path, Any]], *, repeats: int = 30):
+    """One `cost` row per `(name, kind, path, model)` of `models`, indexed by name.
+
+    `models` may be a generator that loads each model when asked, so one is held at a time.
+    """
+    import pandas as pd
+
+    rows = [{"model": name, "kind": kind, **cost(model, path, repeats=repeats)}
+            for name, kind, path, model in models]
+    return pd.DataFrame(rows).set_index("model")

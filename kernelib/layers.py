@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from kernelib.errors import MergeError
-from kernelib.evaluate import EPS  # the probability clip of every log kernelib takes
+from kernelib.metrics import EPS  # the probability clip of every log kernelib takes
 
 
 @keras.saving.register_keras_serializable(package="kernelib")

@@ -110,7 +110,7 @@ def synthetic_run(root: Path, *, class_names: list[str], run_id: str = "syntheti
     Two members of different skill and their merged `average`, on seeded random labels
     (class `absent`, if given, never occurs in the test split). Returns `(RunDir, Splits)`.
     """
-    from kernelib import data, evaluate, io
+    from kernelib import data, inference, io
     from kernelib.rundir import RunDir
 
     rng = np.random.default_rng(seed)
@@ -134,7 +134,7 @@ def synthetic_run(root: Path, *, class_names: list[str], run_id: str = "syntheti
         preds[split] = {"member_a": a, "member_b": b, "average": (a + b) / 2}
     kinds = {"member_a": "member", "member_b": "member", "average": "merged"}
     run = RunDir(root / run_id)
-    evaluate.save_predictions(run.predictions, preds, kinds)
+    inference.save_predictions(run.predictions, preds, kinds)
     splits = data.Splits(
         x_train=np.zeros((k, 8, 8, 1), "float32"), y_train=np.arange(k),
         x_val=np.zeros((len(y_val), 8, 8, 1), "float32"), y_val=y_val,

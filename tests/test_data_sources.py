@@ -414,7 +414,7 @@ def test_the_load_cache_key_follows_the_dataset_files(tmp_path):
 
 def test_strategies_fitted_on_a_folder_equal_those_fitted_on_its_decoded_arrays(tiny_members,
                                                                                small_folder):
-    from kernelib import evaluate, merge
+    from kernelib import inference, merge
 
     ds = data.load_dataset({"kind": "folder", "path": str(small_folder), "image_size": [8, 8],
                             "color_mode": "grayscale"})
@@ -423,7 +423,7 @@ def test_strategies_fitted_on_a_folder_equal_those_fitted_on_its_decoded_arrays(
     y_val = s.y_val[:200]
     strategies = ["weighted", "select", "stacking"]
     opts = {"select": {"size": 5}, "stacking": {"passthrough": True, "folds": 3}}
-    got, want = ({n: evaluate.predict_proba(m, x_test) for n, m in merge.merge_many(
+    got, want = ({n: inference.predict_proba(m, x_test) for n, m in merge.merge_many(
         tiny_members, strategies, val=(xv, y_val), seed=0, options=opts).items()}
         for xv in (x_val, np.asarray(x_val)))
     for name in strategies:

@@ -24,6 +24,7 @@ from kernelib import calibrate as _calibrate
 from kernelib.errors import MergeError
 from kernelib.merge.average import Average
 from kernelib.merge.base import check_val, check_xy, member_probabilities, predict, prepare
+from kernelib.merge.cache import cache_predictions  # noqa: F401  (the merge notebook calls it)
 from kernelib.merge.compare import comparison_table, tradeoff_figure
 from kernelib.merge.concat import Concat
 from kernelib.merge.distill import Distill

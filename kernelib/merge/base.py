@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from kernelib.errors import IncompatibleMembersError, MergeError
-from kernelib.evaluate import EPS, correct_rows, nll_rows  # noqa: F401  EPS: merge's clip too
-from kernelib.evaluate import predict_proba as predict
+from kernelib.inference import predict_proba as predict
 from kernelib.members import (
     as_models,
     check_compatible,
@@ -19,6 +18,7 @@ from kernelib.members import (
     probe_rows,
     without_augmentation,
 )
+from kernelib.metrics import EPS, correct_rows, nll_rows  # noqa: F401  EPS: merge's clip too
 
 _PROBABILITIES = ("softmax", "probabilities")
 # what a member kernelib cannot look inside (a SavedModel) can join: predictions only
