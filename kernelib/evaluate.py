@@ -23,12 +23,10 @@ import numpy as np
 
 from kernelib.bootstrap import CI_LEVEL, bootstrap_means, percentile_interval
 from kernelib.errors import DataError, MemberError
-from kernelib.headline import below_best_sentence, best_merged_sentence, headline_rows  # noqa: F401
+from kernelib.headline import headline_rows
 from kernelib.inference import read_predictions
 from kernelib.metrics import ROW_VALUES, metrics, per_class, reliability
 from kernelib.selection import best_member, picked_member, select, summary
-
-# below_best_sentence, best_merged_sentence: moved to kernelib.headline (report.py calls them here)
 
 # --------------------------------------------------------------------------- intervals
 

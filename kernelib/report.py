@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kernelib import evaluate, io
+from kernelib import headline, io
 from kernelib.errors import PipelineError
 from kernelib.params import STAGES
 from kernelib.rundir import RunDir
@@ -161,13 +161,13 @@ def _headline(manifest: dict[str, Any], s: dict[str, Any] | None) -> dict[str, A
                          "status": manifest.get("status")}
     if s is None:
         return h
-    losers = evaluate.below_best_sentence(s)
+    losers = headline.below_best_sentence(s)
     return h | {
         "level": round(100 * s.get("ci_level", 0.95)),
         # runs from before the fair reference name only the best member
         "picked": s.get("picked_member", s["best_member"]),
         "picked_accuracy": s.get("picked_member_test_accuracy", s["best_member_test_accuracy"]),
-        "best_merged": evaluate.best_merged_sentence(s) if s.get("best_merged") else None,
+        "best_merged": headline.best_merged_sentence(s) if s.get("best_merged") else None,
         "losers": losers[0].upper() + losers[1:] if losers else None,
     }
 
