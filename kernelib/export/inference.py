@@ -10,7 +10,6 @@ from kernelib.export.formats import BATCH
 from kernelib.export.writers import quiet_logs
 from kernelib.members import augmentation_layers, is_augmentation, walk_layers
 
-# Keras augmentation layers that are not named Random* (those all are).
 _LOW_PRECISION = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
 
 
