@@ -31,12 +31,13 @@ import numpy as np
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from kernelib import data, inference, merge, train, zoo
+from kernelib import data, inference, merge, params, train, zoo
 
 folder, size = sys.argv[1], int(sys.argv[2])
 train.setup(seed=0, deterministic=False)
 t0 = time.perf_counter()
-ds = data.load_dataset({"kind": "folder", "path": folder, "image_size": [size, size]})
+ds = data.load_dataset(params.dataset_spec({"kind": "folder", "path": folder,
+                                           "image_size": [size, size]}))
 t_load = time.perf_counter() - t0
 s = data.split(ds, val_fraction=0.1, test_fraction=0.2, seed=0)
 t0 = time.perf_counter()

@@ -28,7 +28,8 @@ import keras
 import numpy as np
 
 from kernelib.errors import ConfigError
-from kernelib.export import named_layers, reference_predictions, walk_layers
+from kernelib.export import reference_predictions
+from kernelib.members import named_layers, walk_layers
 
 # Kernels smaller than this stay dense: the first convolution and the classifier layers are
 # small and sensitive (pruning them 90% collapsed a stacked digits model to chance) and hold

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kernelib.errors import ConfigError
+from kernelib.fronts import front_layers
 
 
 def _mlp(x, keras):
@@ -131,8 +132,6 @@ def _backbone(x, keras, *, recipe: str, image_size: int, weights: str | None,
 
 
 def _convention(x, keras, recipe: str, value_range: tuple[float, float]):
-    from kernelib.members import front_layers
-
     lo, hi = value_range
     if CONVENTIONS[recipe] == "0..255":
         return keras.layers.Rescaling(255.0 / (hi - lo), offset=-255.0 * lo / (hi - lo),

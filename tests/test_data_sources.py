@@ -10,10 +10,15 @@ import pytest
 import yaml
 
 from conftest import kernelib_cli
-from kernelib import data
+from kernelib import data, params
 from kernelib.errors import ConfigError, DataError
 
 SIZE = 16  # digits' 8x8 upscaled, written at the size the config asks for
+
+
+def _load(spec: dict, **kwargs) -> data.Dataset:
+    """A folder or arrays spec mapping, validated as a config's `load.dataset`, then loaded."""
+    return data.load_dataset(params.dataset_spec(spec), **kwargs)
 
 
 def write_digits_folder(root: Path, *, test_every: int = 5,
@@ -164,7 +169,7 @@ def small_folder(tmp_path_factory):
 def test_folder_reader_matches_pillow(small_folder):
     from PIL import Image
 
-    ds = data.load_dataset({"kind": "folder", "path": str(small_folder),
+    ds = _load({"kind": "folder", "path": str(small_folder),
                             "image_size": [SIZE, SIZE], "color_mode": "grayscale"})
     assert ds.class_names == [str(i) for i in range(10)] and ds.given == ["train", "test"]
     rows = [0, 5, len(ds.y) - 1]
@@ -176,7 +181,7 @@ def test_folder_reader_matches_pillow(small_folder):
     np.testing.assert_array_equal(ds.x[rows], ref)
     streamed = np.concatenate(list(data.batches(ds.x.subset(np.array(rows)), 2)))
     np.testing.assert_array_equal(streamed, ref)
-    rgb = data.load_dataset({"kind": "folder", "path": str(small_folder),
+    rgb = _load({"kind": "folder", "path": str(small_folder),
                              "image_size": [8, 8], "class_names": list("9876543210")})
     assert rgb.input_shape == (8, 8, 3) and rgb.class_names[0] == "9"
     assert Path(rgb.x.paths[np.flatnonzero(rgb.y == 0)[0]]).parent.name == "9"
@@ -187,7 +192,7 @@ def test_folder_reader_matches_pillow(small_folder):
 
 
 def test_make_dataset_streams_files_and_preprocessor_fits_them(small_folder):
-    ds = data.load_dataset({"kind": "folder", "path": str(small_folder),
+    ds = _load({"kind": "folder", "path": str(small_folder),
                             "image_size": [SIZE, SIZE], "color_mode": "grayscale"})
     s = data.split(ds, val_fraction=0.15, test_fraction=0.2, seed=0)
     assert isinstance(s.x_train, data.Images) and s.origin["test"] == "given"
@@ -314,20 +319,20 @@ def test_bad_folders_are_refused(tmp_path, case, match):
     root, extra = _bad_folder(case, tmp_path)
     spec = {"kind": "folder", "path": str(root), "image_size": [8, 8], **extra}
     with pytest.raises(DataError, match=match) as err:
-        data.dataset_info(spec)
+        data.dataset_info(params.dataset_spec(spec))
     assert str(root) in str(err.value)
 
 
 def test_skip_unreadable_records_what_was_skipped(tmp_path):
     root, _ = _bad_folder("corrupt", tmp_path)
-    ds = data.load_dataset({"kind": "folder", "path": str(root), "image_size": [8, 8],
+    ds = _load({"kind": "folder", "path": str(root), "image_size": [8, 8],
                             "skip_unreadable": True})
     assert len(ds.y) == 8 and data.data_card(ds)["source"]["skipped"] == ["cat/broken.png"]
 
 
-def _npz(tmp: Path, **arrays) -> dict:
+def _npz(tmp: Path, **arrays):
     np.savez(tmp / "d.npz", **arrays)
-    return {"kind": "arrays", "path": str(tmp / "d.npz")}
+    return params.dataset_spec({"kind": "arrays", "path": str(tmp / "d.npz")})
 
 
 X = np.zeros((12, 4, 4), "float32")
@@ -351,10 +356,11 @@ def test_bad_arrays_are_refused(tmp_path, arrays, match):
 
 
 def test_missing_array_file_and_bad_specs(tmp_path):
-    from kernelib import params
-
     with pytest.raises(DataError, match="does not exist"):
-        data.dataset_info({"kind": "arrays", "path": str(tmp_path / "none.npz")})
+        data.dataset_info(params.dataset_spec({"kind": "arrays",
+                                               "path": str(tmp_path / "none.npz")}))
+    with pytest.raises(DataError, match=r"validated first: load_dataset\(params.dataset_spec"):
+        data.load_dataset({"kind": "arrays", "path": "x.npz"})  # data does not import params
     with pytest.raises(ConfigError, match="load.dataset"):
         params.dataset_spec({"kind": "folder", "path": "x"})  # no image_size
     with pytest.raises(ConfigError, match="unknown key"):
@@ -385,7 +391,7 @@ def test_concat_and_distill_train_on_augmented_batches(tiny_members, splits):
 def test_a_folder_with_train_val_and_test_is_used_as_given(tmp_path):
     for part, n in (("train", 5), ("val", 3), ("test", 4)):
         _classes(tmp_path / "images" / part, {"cat": n, "dog": n})
-    ds = data.load_dataset({"kind": "folder", "path": str(tmp_path / "images"),
+    ds = _load({"kind": "folder", "path": str(tmp_path / "images"),
                             "image_size": [8, 8], "color_mode": "grayscale"})
     s = data.split(ds, val_fraction=0.2, test_fraction=0.2, seed=0)
     assert s.origin == dict.fromkeys(data.PARTS, "given")
@@ -416,7 +422,7 @@ def test_strategies_fitted_on_a_folder_equal_those_fitted_on_its_decoded_arrays(
                                                                                small_folder):
     from kernelib import inference, merge
 
-    ds = data.load_dataset({"kind": "folder", "path": str(small_folder), "image_size": [8, 8],
+    ds = _load({"kind": "folder", "path": str(small_folder), "image_size": [8, 8],
                             "color_mode": "grayscale"})
     s = data.split(ds, val_fraction=0.2, test_fraction=0.2, seed=0)
     x_val, x_test = s.x_val.subset(np.arange(200)), s.x_test.subset(np.arange(100))

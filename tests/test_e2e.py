@@ -10,6 +10,7 @@ import nbformat
 import numpy as np
 import pytest
 import yaml
+from direct_runtimes import assert_record_agrees, parity, predict_direct
 
 from conftest import ROOT, kernelib_cli, predict_in_fresh_process
 from kernelib import pipeline
@@ -102,14 +103,26 @@ def test_saved_model_matches_keras_model_in_fresh_processes(smoke, tmp_path):
 
 
 def test_exports_are_verified_and_described_by_the_model_card(smoke):
+    from kernelib import data
+    from kernelib.members import load_keras
+
     run = smoke["run"]
     entries = json.loads((run / "export" / "exports.json").read_text())
     assert [(e["name"], e["format"]) for e in entries] == [
         *[("digits-smoke", f) for f in ("keras", "saved_model", "tflite", "tflite_fp16",
                                         "tflite_dynamic", "tflite_int8", "onnx")],
         ("digits-smoke-pruned", "tflite")]
+    splits = data.read_splits(run / "data" / "splits.npz")
+    summary = json.loads((run / "metrics" / "summary.json").read_text())
+    files = json.loads((run / "merged" / "models.json").read_text())
+    selected = load_keras(run / files[summary["selected"]]["path"])
+    reference = np.asarray(selected.predict(splits.x_test, verbose=0), dtype="float64")
     for e in entries:
-        assert e["parity"] == e[e["criterion"]] and e["latency_ms"] > 0, e["format"]
+        got = predict_direct(run / "export" / e["path"], e["format"], splits.x_test)
+        assert e["accuracy"] == pytest.approx(np.mean(got.argmax(1) == splits.y_test))
+        assert e["latency_ms"] > 0, e["format"]
+        if e["name"] == "digits-smoke":  # the pruned variant's Keras model is not kept
+            assert_record_agrees(e, parity(got, reference, splits.y_test), len(splits.y_test))
     card = json.loads((run / "export" / "model_card.json").read_text())
     manifest = json.loads((run / "manifest.json").read_text())
     assert card["config_hash"] == manifest["config_hash"]
