@@ -271,9 +271,9 @@ def test_savedmodel_member_in_concat_refused_before_any_stage(files):
     cfg = {"load": {"dataset": "digits", "members": members_},
            "merge": {"strategies": ["average", "concat"]}}
     with pytest.raises(MergeError, match="'concat' looks inside.*member 'saved' is a SavedModel"
-                                         ".*merge.concat_members"):
+                                         ".*merge.concat.include"):
         pipeline.check_member_files(params.validate_config(cfg))
-    cfg["merge"]["concat_members"] = ["mlp", "z"]
+    cfg["merge"]["concat"] = {"include": ["mlp", "z"]}
     pipeline.check_member_files(params.validate_config(cfg))
 
 

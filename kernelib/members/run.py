@@ -48,7 +48,7 @@ def preflight(specs: Sequence[Any], info: dict[str, Any], *,
         member = from_spec(spec, **_data_facts(info))
         uses = [s for s, names in (inside or {}).items() if names is None or spec.name in names]
         if member.opaque and uses:
-            option = {"concat": "merge.concat_members", "soup": "merge.soup_ingredients"}
+            option = {"concat": "merge.concat.include", "soup": "merge.soup.ingredients"}
             raise MergeError(
                 f"strategy '{uses[0]}' looks inside its members; member '{spec.name}' is a "
                 "SavedModel, which kernelib cannot look inside. It can join average, vote, "
