@@ -115,12 +115,13 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
         manifest = start_manifest(rd, config, run_id, steps)
         manifest["executor"] = pool.describe_run() if pool else {"name": "local", "jobs": jobs}
         runner = _Runner(rd, report_dir, nb_dir, manifest, steps,
-                         Cache(rd, report_dir, run_root.parent, run_id), progress)
+                         Cache(rd, report_dir, run_root.parent, run_id), progress, forced,
+                         only=bool(only))
         executor_ = Executor(rd, nb_dir, kernel_name, progress, pool) if pool else Executor(
             rd, nb_dir, kernel_name, progress, LocalPool(jobs) if jobs > 1 else None,
             pooled=lambda s: s.stage == "train" and sum(t.stage == "train" for t in steps) > 1)
         try:
-            _run_steps(runner, executor_, manifest, received, forced=forced, only=bool(only))
+            _run_steps(runner, executor_, manifest, received)
         finally:
             _end_manifest(rd, manifest, steps, reserve)
             report.write_index(run_root, report_dir)
@@ -131,11 +132,10 @@ def run(config_path: str | Path, *, runs_dir: str | Path = "runs",
 
 
 def _run_steps(runner: _Runner, executor: Executor, manifest: dict[str, Any],
-               received: list[int], *, forced: set[str], only: bool) -> None:
+               received: list[int]) -> None:
     """Every step, with the run's status recorded however it ends."""
     t_run = time.perf_counter()
     try:
-        runner.forced, runner.only = forced, only
         executor.run(runner.steps, manifest["stages"], runner.decide, runner.finish)
         manifest["status"] = "succeeded"
     except KeyboardInterrupt:
@@ -187,7 +187,7 @@ class _Runner:
     steps: list[Step]
     cache: Cache
     progress: bool
-    forced: set[str] = frozenset()
+    forced: set[str]  # labels that execute regardless of the cache
     only: bool = False  # --only: steps before the forced ones must come from the cache
 
     def __post_init__(self):
