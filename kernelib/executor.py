@@ -211,8 +211,8 @@ class Executor:
             self._collect(steps, records, order, finish)
         if self._failed is not None:
             return
-        records[k].update(status="running", started=now())
         handle = self.pool.start(step, self.rd, self.nb_dir, self.kernel_name)
+        records[k].update(status="running", started=now())  # once started (a probe may fail)
         if self.progress:
             print(f"  started {step.label} ({self.pool.describe(step)})", flush=True)
         self._running[threads.submit(self.pool.wait, handle)] = (k, handle)
