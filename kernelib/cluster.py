@@ -1,8 +1,8 @@
 """`kernelib run --executor ray`: every step of the plan as a Ray task.
 
-The runner's scheduling (`pipeline._Runner._execute_parallel`: cache, dependency order, manifest,
-reports) stays the one the local `--jobs` pool uses; `RayExecutor` only starts, polls and stops
-steps. Each task calls `pipeline.run_job`, the step runner a `--jobs` process calls too, which
+The runner's scheduling (`executor.Executor`: cache, dependency order, manifest, reports) stays
+the one the local `--jobs` pool uses; `RayExecutor` only starts, waits for and stops steps.
+Each task calls `executor.run_job`, the step runner a `--jobs` process calls too, which
 executes the step's notebook with papermill on whichever node Ray picks.
 
 Ray starts inside the command when no address is given (a local instance, stopped at the end),
@@ -84,12 +84,12 @@ def probe_storage(run_root: str, token: str, node_id: str) -> dict[str, Any]:
 
 
 def ray_step(job: dict[str, Any]) -> dict[str, Any]:
-    """The Ray task of one step: `pipeline.run_job`, and where it ran."""
+    """The Ray task of one step: `executor.run_job`, and where it ran."""
     import ray
 
-    from kernelib import pipeline
+    from kernelib import executor
 
-    record = pipeline.run_job(job)
+    record = executor.run_job(job)
     ctx = ray.get_runtime_context()
     record["node"] = {"host": socket.gethostname(), "node_id": ctx.get_node_id()}
     return record
@@ -97,7 +97,7 @@ def ray_step(job: dict[str, Any]) -> dict[str, Any]:
 
 class RayExecutor:
     """Starts each step as a Ray task with the resources the config declares; the runner's
-    `_execute_parallel` drives it like the local pool (`start`, `poll`, `stop`)."""
+    `executor.Executor` drives it like the local pool (`start`, `wait`, `stop`)."""
 
     slots = 1 << 30  # no cap of our own: Ray queues tasks until their resources are free
 
@@ -198,7 +198,7 @@ class RayExecutor:
 
     def start(self, step, rd, nb_dir: Path, kernel_name: str):
         """Submit one step; returns its object ref."""
-        from kernelib import pipeline
+        from kernelib import executor
 
         self._connect()
         if str(rd.root) not in self._probed:
@@ -209,15 +209,12 @@ class RayExecutor:
         task = self.ray.remote(ray_step).options(
             num_cpus=r.num_cpus, num_gpus=r.num_gpus, name=step.label,
             max_retries=TRAIN_RETRIES if step.stage == "train" else 0, retry_exceptions=False)
-        return task.remote(pipeline.job_of(step, nb_dir, kernel_name, threads))
+        return task.remote(executor.job_of(step, nb_dir, kernel_name, threads))
 
-    def poll(self, ref) -> dict[str, Any] | None:
+    def wait(self, ref) -> dict[str, Any]:
         """The step's manifest record once its task has ended (a failed record when Ray gave
-        up on it), else None."""
+        up on it or it was cancelled)."""
         ray = self.ray
-        ready, _ = ray.wait([ref], timeout=0)
-        if not ready:
-            return None
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as err:

@@ -18,35 +18,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from kernelib import params
 from kernelib.errors import ConfigError, PipelineError
 
-RUN_ENV = "KERNELIB_LAB_RUN"
-RUNS_ENV = "KERNELIB_LAB_RUNS"
+# the lab's run folder moved to kernelib.rundir (start_stage needs it; rundir imports no lab)
+from kernelib.rundir import DEFAULT_LAB_RUN as DEFAULT_RUN
+from kernelib.rundir import LAB_RUN_ENV as RUN_ENV
+from kernelib.rundir import LAB_RUNS_ENV as RUNS_ENV  # noqa: F401
+from kernelib.rundir import check_run_name, run_folder  # noqa: F401
+
 KERNEL = "kernelib"
-DEFAULT_RUN = "lab"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
-
-
-def check_run_name(name: str) -> str:
-    """A lab run name is one folder name under `runs/` (letters, digits, `_`, `-`)."""
-    if not _NAME.match(name or ""):
-        raise ConfigError(f"LAB_RUN must be a folder name of letters, digits, '_' and '-' (at "
-                          f"most 64, starting with a letter or digit); received {name!r}. "
-                          f"Example: LAB_RUN=alice make lab")
-    return name
-
-
-def run_folder(env: Mapping[str, str] | None = None) -> Path:
-    """The lab's run folder: `$KERNELIB_LAB_RUNS/$KERNELIB_LAB_RUN`, by default `../runs/lab`."""
-    env = os.environ if env is None else env
-    name = check_run_name(env.get(RUN_ENV) or DEFAULT_RUN)
-    return (Path(env.get(RUNS_ENV) or "../runs").expanduser() / name).resolve()
 
 
 def prepare(config: params.Config, out_dir: Path, *, nb_dir: Path) -> list[Path]:
@@ -57,7 +42,7 @@ def prepare(config: params.Config, out_dir: Path, *, nb_dir: Path) -> list[Path]
     """
     import papermill
 
-    from kernelib.pipeline import NOTEBOOKS
+    from kernelib.resources import NOTEBOOKS
 
     out_dir.mkdir(parents=True, exist_ok=True)
     common = {"seed": config.run.seed, "deterministic": config.run.deterministic}
@@ -100,7 +85,8 @@ def command(root: Path, *, host: str, port: int, open_browser: bool,
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`make lab`: JupyterLab on the notebooks (or configured copies), its run folder chosen."""
-    from kernelib.pipeline import notebooks_dir, resolve_member_paths
+    from kernelib.pipeline import resolve_member_paths
+    from kernelib.resources import notebooks_dir
 
     ap = argparse.ArgumentParser(prog="python -m kernelib.lab", description=main.__doc__)
     ap.add_argument("--run", default=os.environ.get("LAB_RUN") or DEFAULT_RUN,

@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernelib import io, lab
+from kernelib import io
 from kernelib import params as P
 from kernelib.errors import ConfigError, PipelineError
 
 DEVICE_FILE = ".device-{label}.json"  # written by each stage, folded into the manifest
+LAB_RUN_ENV = "KERNELIB_LAB_RUN"  # set by `make lab` (kernelib.lab) for the kernels it starts
+LAB_RUNS_ENV = "KERNELIB_LAB_RUNS"
+DEFAULT_LAB_RUN = "lab"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+
+
+def check_run_name(name: str) -> str:
+    """A lab run name is one folder name under `runs/` (letters, digits, `_`, `-`)."""
+    if not _NAME.match(name or ""):
+        raise ConfigError(f"LAB_RUN must be a folder name of letters, digits, '_' and '-' (at "
+                          f"most 64, starting with a letter or digit); received {name!r}. "
+                          f"Example: LAB_RUN=alice make lab")
+    return name
+
+
+def run_folder(env: Mapping[str, str] | None = None) -> Path:
+    """The lab's run folder: `$KERNELIB_LAB_RUNS/$KERNELIB_LAB_RUN`, by default `../runs/lab`."""
+    env = os.environ if env is None else env
+    name = check_run_name(env.get(LAB_RUN_ENV) or DEFAULT_LAB_RUN)
+    return (Path(env.get(LAB_RUNS_ENV) or "../runs").expanduser() / name).resolve()
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,10 @@ class RunDir:
     @property
     def preprocessor(self) -> Path:
         return self.data / "preprocess.keras"
+
+    @property
+    def augment(self) -> Path:
+        return self.data / "augment.json"
 
     @property
     def data_card(self) -> Path:
@@ -129,14 +154,14 @@ def start_stage(stage: str, namespace: Mapping[str, Any] | None = None, /,
     parameters cell (as papermill or the user set them); keywords override. Runs the same
     validation `kernelib run` does, so a direct papermill call or a JupyterLab run with a wrong
     value fails here with the parameter named. `run_dir=None` is the lab's run folder
-    (`lab.run_folder`: `runs/<LAB_RUN>/` under `make lab`).
+    (`run_folder`: `runs/<LAB_RUN>/` under `make lab`).
     """
     values = {**(stage_values(stage, namespace) if namespace is not None else {}), **values}
     common = P.validate_common({k: values.pop(k) for k in list(values)
                                 if k in P.CommonParams.model_fields})
     stage_params = P.validate_stage(stage, values)
     root = (Path(common.run_dir).expanduser().resolve() if common.run_dir is not None
-            else lab.run_folder())
+            else run_folder())
     root.mkdir(parents=True, exist_ok=True)
     from kernelib import train  # TensorFlow import: only once the parameters are known good
 

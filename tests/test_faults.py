@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, smoke_config
-from kernelib import cli, io, params, pipeline
-from kernelib.errors import PipelineError
+from kernelib import cli, io, params, pipeline, steps
+from kernelib.errors import PipelineError, StageFailedError
+from kernelib.resources import NOTEBOOKS
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -29,23 +30,35 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 # ---------------------------------------------------------------------------- fine-tune keys
 
 _STAGE_CELL = """
-import os, pathlib
+import json, os, pathlib
 root = pathlib.Path(run_dir)
-out = root / "members" / name / "model.keras" if STAGE == "train" else root / STAGE / "out.bin"
-out.parent.mkdir(parents=True, exist_ok=True)
-out.write_bytes(os.urandom(64))  # a non-deterministic result, as with deterministic: false
+if STAGE == "train" and name == "crash":  # the kernel dies, leaving a line on its stderr
+    os.write(2, b"crash-marker: the kernel is going down\\n")
+    os.kill(os.getpid(), 9)
+for rel in FILES[STAGE]:  # non-deterministic results, as with deterministic: false
+    out = root / rel.format(name=name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"random": os.urandom(8).hex()}))
 """
+
+# what each stand-in writes: the paths its stage declares (kernelib.steps.declared)
+_FILES = {"load": ["data/raw.npz", "data/card.json", "members/members.json"],
+          "preprocess": ["data/splits.npz", "data/preprocess.keras", "data/augment.json"],
+          "train": ["members/{name}/model.keras"],
+          "merge": ["merged/stand_in.json", "metrics/merge.json"],
+          "evaluate": ["metrics/stand_in.json", "timings/stand_in.json"],
+          "export": ["export/stand_in.json"]}
 
 
 def _stand_in_notebooks(folder: Path) -> Path:
     """Six tiny notebooks in place of the stage notebooks: each writes random bytes where its
     stage writes (no TensorFlow), so a re-executed step always produces a different file."""
     folder.mkdir()
-    for stage, nb_name in pipeline.NOTEBOOKS.items():
+    for stage, nb_name in NOTEBOOKS.items():
         params_cell = nbformat.v4.new_code_cell("run_dir = ''\nname = None")
         params_cell.metadata["tags"] = ["parameters"]
         nb = nbformat.v4.new_notebook(cells=[
-            nbformat.v4.new_code_cell(f"STAGE = {stage!r}"), params_cell,
+            nbformat.v4.new_code_cell(f"STAGE = {stage!r}\nFILES = {_FILES!r}"), params_cell,
             nbformat.v4.new_code_cell(_STAGE_CELL)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                      "language": "python"}
@@ -53,16 +66,22 @@ def _stand_in_notebooks(folder: Path) -> Path:
     return folder
 
 
+def _members_config(tmp_path: Path, members: list[dict]) -> Path:
+    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    cfg["run"]["deterministic"] = False
+    cfg["load"]["members"] = members
+    config = tmp_path / "members.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return config
+
+
 def test_a_fine_tune_is_not_reused_when_its_base_trained_differently(tmp_path):
     """A fine-tune's key includes its base's trained file, in the runner as in `plan_keys`:
     after the base member is trained again (a different file, deterministic: false), the
     fine-tune starting from it must run again, not come from the cache."""
-    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
-    cfg["run"]["deterministic"] = False
-    cfg["load"]["members"] = [{"name": "base", "recipe": "mlp", "seed": 0},
-                              {"name": "ft", "recipe": "mlp", "seed": 1, "finetune_from": "base"}]
-    config = tmp_path / "ft.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = _members_config(tmp_path, [
+        {"name": "base", "recipe": "mlp", "seed": 0},
+        {"name": "ft", "recipe": "mlp", "seed": 1, "finetune_from": "base"}])
     nb_dir = _stand_in_notebooks(tmp_path / "nbs")
     kw = dict(runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports", run_id="r",
               nb_dir=nb_dir, progress=False)
@@ -75,9 +94,29 @@ def test_a_fine_tune_is_not_reused_when_its_base_trained_differently(tmp_path):
     assert "cached_from" not in by["train:base"]
     assert "cached_from" not in by["train:ft"], "the fine-tune was reused although its base changed"
     outputs = {label: rec["outputs"] for label, rec in by.items()}
-    expected = pipeline.plan_keys(params.load_config(config), root, nb_dir=nb_dir,
-                                  outputs=outputs)
+    expected = steps.plan_keys(params.load_config(config), root, nb_dir=nb_dir, outputs=outputs)
     assert {label: rec["key"] for label, rec in by.items()} == expected
+
+
+def test_a_worker_whose_kernel_dies_fails_its_step_with_the_tail_of_its_stderr(tmp_path):
+    """--jobs 2: the kernel of one training step is killed; the step fails, its worker's
+    stderr is in the run folder, and its tail is in the manifest entry and the error."""
+    config = _members_config(tmp_path, [{"name": "ok", "recipe": "mlp", "seed": 0},
+                                        {"name": "crash", "recipe": "mlp", "seed": 1}])
+    nb_dir = _stand_in_notebooks(tmp_path / "nbs")
+    with pytest.raises(StageFailedError, match=r"(?s)'train:crash' failed.*crash-marker"):
+        pipeline.run(config, runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports",
+                     run_id="r", nb_dir=nb_dir, progress=False, jobs=2)
+    m = io.read_json(tmp_path / "runs" / "r" / "manifest.json")
+    by = {s["label"]: s for s in m["stages"]}
+    assert m["status"] == "failed"
+    assert by["train:ok"]["status"] == "succeeded" and "stderr_tail" not in by["train:ok"]
+    crash = by["train:crash"]
+    assert crash["status"] == "failed" and "crash-marker" in crash["stderr_tail"]
+    assert len(crash["stderr_tail"]) <= 2000
+    log = tmp_path / "runs" / "r" / crash["stderr"]
+    assert "crash-marker" in log.read_text() and crash["stderr"] == "logs/train_crash.stderr"
+    assert by["merge"]["status"] == "pending"
 
 
 # ---------------------------------------------------------------------------- the smoke chain

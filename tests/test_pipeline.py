@@ -6,13 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
-from kernelib import params, pipeline
-from kernelib.errors import ConfigError, PipelineError
+from kernelib import params, pipeline, steps
+from kernelib.errors import ConfigError, PipelineError, StageFailedError
+from kernelib.executor import Executor
+from kernelib.rundir import RunDir
+from kernelib.runlock import RunLock
 
 
 def _config(**changes) -> params.Config:
@@ -30,15 +35,15 @@ FAKE_OUTPUTS = {"load": {"data/raw.npz": "1"}, "preprocess": {"data/splits.npz":
 
 
 def _keys(config, tmp_path, *, nb_dir=ROOT / "notebooks", package_dir=None, outputs=None):
-    return pipeline.plan_keys(config, tmp_path / "runs" / "x", nb_dir=nb_dir,
-                              package_dir=package_dir, outputs=outputs or FAKE_OUTPUTS)
+    return steps.plan_keys(config, tmp_path / "runs" / "x", nb_dir=nb_dir,
+                           package_dir=package_dir, outputs=outputs or FAKE_OUTPUTS)
 
 
 def test_keys_ignore_the_run_folder(tmp_path):
-    a = pipeline.plan_keys(_config(), tmp_path / "a", nb_dir=ROOT / "notebooks",
-                           outputs=FAKE_OUTPUTS)
-    b = pipeline.plan_keys(_config(), tmp_path / "b", nb_dir=ROOT / "notebooks",
-                           outputs=FAKE_OUTPUTS)
+    a = steps.plan_keys(_config(), tmp_path / "a", nb_dir=ROOT / "notebooks",
+                        outputs=FAKE_OUTPUTS)
+    b = steps.plan_keys(_config(), tmp_path / "b", nb_dir=ROOT / "notebooks",
+                        outputs=FAKE_OUTPUTS)
     assert a == b
 
 
@@ -83,7 +88,7 @@ def test_notebook_outputs_do_not_change_the_key(tmp_path):
 
 def test_touching_a_kernelib_source_file_changes_every_key(tmp_path):
     pkg = tmp_path / "kernelib"
-    shutil.copytree(Path(pipeline.__file__).parent, pkg,
+    shutil.copytree(Path(steps.__file__).parent, pkg,
                     ignore=shutil.ignore_patterns("__pycache__"))
     before = _keys(_config(), tmp_path, package_dir=pkg)
     with open(pkg / "plots.py", "a") as fh:
@@ -109,30 +114,30 @@ def test_given_member_file_content_is_part_of_the_load_key(tmp_path):
     ({"from_stage": "merge", "only": "merge"}, r"either --from or --only"),
 ])
 def test_bad_step_selection(tmp_path, kwargs, match):
-    steps = pipeline.plan(_config(), tmp_path)
+    planned = steps.plan(_config(), tmp_path)
     with pytest.raises(ConfigError, match=match):
-        pipeline.select_steps(steps, **{"from_stage": None, "only": None, **kwargs})
+        steps.select_steps(planned, **{"from_stage": None, "only": None, **kwargs})
 
 
 def test_step_selection():
-    steps = pipeline.plan(_config(), Path("/r"))
-    assert pipeline.select_steps(steps, from_stage="merge", only=None) == {
+    planned = steps.plan(_config(), Path("/r"))
+    assert steps.select_steps(planned, from_stage="merge", only=None) == {
         "merge", "evaluate", "export"}
-    assert pipeline.select_steps(steps, from_stage=None, only="train") == {
+    assert steps.select_steps(planned, from_stage=None, only="train") == {
         "train:mlp_0", "train:cnn_0"}
-    assert pipeline.select_steps(steps, from_stage=None, only="train:cnn_0") == {"train:cnn_0"}
+    assert steps.select_steps(planned, from_stage=None, only="train:cnn_0") == {"train:cnn_0"}
 
 
 def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
-    with pipeline.RunLock(tmp_path):
+    with RunLock(tmp_path):
         with pytest.raises(PipelineError, match=r"in use by process \d+"):
-            with pipeline.RunLock(tmp_path):
+            with RunLock(tmp_path):
                 pass
     assert not (tmp_path / ".lock").exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     (tmp_path / ".lock").write_text(dead)
-    with pipeline.RunLock(tmp_path):
+    with RunLock(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
@@ -144,7 +149,7 @@ def test_bad_jobs_value(tmp_path):
 
 def test_fine_tunes_wait_for_their_base_member_in_parallel_jobs():
     cfg = params.load_config(ROOT / "configs" / "default.yaml")
-    needs = {s.label: s.needs for s in pipeline.plan(cfg, Path("/r")) if s.stage == "train"}
+    needs = {s.label: s.needs for s in steps.plan(cfg, Path("/r")) if s.stage == "train"}
     assert needs["train:convnet_0_ft1"] == ("train:convnet_0",) and needs["train:convnet_0"] == ()
 
 
@@ -158,12 +163,12 @@ def test_only_with_force_still_runs_only_the_named_stage(tmp_path):
 _RACER = """
 import os, sys, time
 from pathlib import Path
-from kernelib import pipeline
 from kernelib.errors import PipelineError
+from kernelib.runlock import RunLock
 root, log, until = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 while time.time() < until:
     try:
-        with pipeline.RunLock(root):
+        with RunLock(root):
             with open(log, "a") as fh:
                 fh.write(f"in {os.getpid()}\\n")
                 fh.flush()
@@ -191,3 +196,130 @@ def test_two_processes_racing_for_the_lock_never_both_hold_it(tmp_path):
         assert lines[i].split()[0] == "in" and lines[i + 1] == f"out {lines[i].split()[1]}", \
             f"two holders at once near line {i}: {lines[i:i + 3]}"
     assert not (tmp_path / ".lock").exists()
+
+
+# ---------------------------------------------------------------------------- declared outputs
+
+
+def _write(root: Path, *rels: str) -> None:
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+
+
+def test_each_step_owns_the_files_under_the_paths_it_declares(tmp_path):
+    """The files of a smoke run, laid out by hand: every file belongs to exactly one step;
+    TensorBoard logs, training backups, logs and hidden files belong to none."""
+    rd = RunDir(tmp_path)
+    owned = {
+        "load": ["data/raw.npz", "data/card.json", "members/members.json"],
+        "preprocess": ["data/splits.npz", "data/preprocess.keras", "data/augment.json"],
+        "train:mlp_0": ["members/mlp_0/model.keras", "members/mlp_0/history.csv"],
+        "train:cnn_0": ["members/cnn_0/model.keras"],
+        "merge": ["merged/average.keras", "merged/models.json", "metrics/merge.json"],
+        "evaluate": ["metrics/summary.json", "metrics/comparison.json", "timings/cost.json"],
+        "export": ["export/exports.json", "export/digits/1/saved_model.pb"],
+    }
+    _write(tmp_path, *(f for files in owned.values() for f in files))
+    _write(tmp_path, "tensorboard/mlp_0/train/events", "members/mlp_0/backup/meta.json",
+           "logs/train_mlp_0.stderr", "export/.digits.tmp", "notebooks/01_load.ipynb")
+    for step in steps.plan(_config(), tmp_path):
+        assert steps.output_files(step, rd) == sorted(owned[step.label]), step.label
+        assert steps.missing_outputs(step, rd) == []
+    assert sorted(steps.artifact_files(tmp_path)) == sorted(
+        f for files in owned.values() for f in files)
+
+
+def test_a_step_that_leaves_a_declared_path_unwritten_is_caught(tmp_path):
+    rd = RunDir(tmp_path)
+    _write(tmp_path, "data/raw.npz", "members/members.json")
+    load = steps.plan(_config(), tmp_path)[0]
+    assert steps.missing_outputs(load, rd) == ["data/card.json"]
+
+
+def test_given_members_are_outputs_of_the_load_step(tmp_path):
+    f = tmp_path / "m.keras"
+    f.write_bytes(b"x")
+    cfg = _config(load__members=[{"name": "mlp_0", "recipe": "mlp"},
+                                 {"name": "given", "path": str(f)}])
+    rd = RunDir(tmp_path / "run")
+    load = steps.plan(cfg, rd.root)[0]
+    _write(rd.root, "data/raw.npz", "data/card.json", "members/members.json",
+           "members/given/model.keras", "members/mlp_0/model.keras")
+    assert "members/given/model.keras" in steps.output_files(load, rd)
+    assert "members/mlp_0/model.keras" not in steps.output_files(load, rd)
+
+
+# ---------------------------------------------------------------------------- the executor
+
+
+class _FakePool:
+    """A pool whose steps end when the test says so: records starts and the most at once."""
+
+    def __init__(self, slots, fail=()):
+        self.slots, self.fail = slots, set(fail)
+        self.started, self.running, self.most = [], 0, 0
+        self.lock = threading.Lock()
+
+    def describe(self, step):
+        return "fake"
+
+    def start(self, step, rd, nb_dir, kernel_name):
+        with self.lock:
+            self.started.append(step.label)
+            self.running += 1
+            self.most = max(self.most, self.running)
+        return step
+
+    def wait(self, step):
+        time.sleep(0.05)  # long enough for another start to overlap, if the slots allow it
+        with self.lock:
+            self.running -= 1
+        return {"status": "failed" if step.label in self.fail else "succeeded",
+                "error": "boom", "outputs": {}}
+
+    def stop(self, handles):
+        pass
+
+
+def _train_config():
+    members = [{"name": "a", "recipe": "mlp"}, {"name": "b", "recipe": "mlp"},
+               {"name": "a_ft", "recipe": "mlp", "finetune_from": "a"},
+               {"name": "c", "recipe": "mlp"}]
+    return _config(load__members=members)
+
+
+def _execute(tmp_path, pool, *, decide=lambda k: True):
+    planned = [s for s in steps.plan(_train_config(), tmp_path) if s.stage == "train"]
+    records = [{"label": s.label, "notebook": "x", "status": "pending"} for s in planned]
+    finished = []
+
+    def finish(k):
+        finished.append(planned[k].label)
+        if records[k]["status"] == "failed":
+            raise StageFailedError(planned[k].label)
+
+    Executor(RunDir(tmp_path), tmp_path, "python3", False, pool).run(planned, records, decide,
+                                                                     finish)
+    return finished
+
+
+def test_the_executor_runs_pool_steps_in_dependency_order_within_its_slots(tmp_path):
+    pool = _FakePool(slots=2)
+    finished = _execute(tmp_path, pool)
+    assert sorted(finished) == ["train:a", "train:a_ft", "train:b", "train:c"]
+    assert finished.index("train:a") < pool.started.index("train:a_ft")  # after its base
+    assert pool.most == 2
+
+
+def test_after_a_failure_the_executor_starts_nothing_and_raises_it(tmp_path):
+    pool = _FakePool(slots=1, fail={"train:a"})
+    with pytest.raises(StageFailedError, match="train:a"):
+        _execute(tmp_path, pool)
+    assert pool.started == ["train:a"]
+
+
+def test_cached_steps_are_not_executed(tmp_path):
+    pool = _FakePool(slots=4)
+    _execute(tmp_path, pool, decide=lambda k: k == 2)  # only train:a_ft runs
+    assert pool.started == ["train:a_ft"]
