@@ -165,14 +165,6 @@ class MergeSettings(Strict):
         section = getattr(self, strategy, None)
         return section.model_dump() if isinstance(section, BaseModel) else {}
 
-    @property
-    def concat_members(self) -> list[str] | None:  # moved to merge.concat.include
-        return self.concat.include
-
-    @property
-    def soup_ingredients(self) -> list[str] | None:  # moved to merge.soup.ingredients
-        return self.soup.ingredients
-
 
 def check_against_members(merge: MergeSettings, names: list[str]) -> None:
     """Refuse average weights that are not one per member, and unknown member names."""

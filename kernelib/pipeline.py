@@ -66,7 +66,7 @@ def check_member_files(config: params.Config, info: dict[str, Any] | None = None
         return
     from kernelib import members
 
-    inside = {"concat": config.merge.concat_members, "soup": config.merge.soup_ingredients}
+    inside = {"concat": config.merge.concat.include, "soup": config.merge.soup.ingredients}
     members.preflight(config.load.members, info or data.dataset_info(config.load.dataset),
                       inside={s: n for s, n in inside.items() if s in config.merge.strategies})
 
