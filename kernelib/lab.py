@@ -28,8 +28,8 @@ from kernelib.errors import ConfigError, PipelineError
 # the lab's run folder moved to kernelib.rundir (start_stage needs it; rundir imports no lab)
 from kernelib.rundir import DEFAULT_LAB_RUN as DEFAULT_RUN
 from kernelib.rundir import LAB_RUN_ENV as RUN_ENV
-from kernelib.rundir import LAB_RUNS_ENV as RUNS_ENV  # noqa: F401
-from kernelib.rundir import check_run_name, run_folder  # noqa: F401
+from kernelib.rundir import LAB_RUNS_ENV as RUNS_ENV
+from kernelib.rundir import check_run_name
 
 KERNEL = "kernelib"
 

@@ -21,7 +21,7 @@ from kernelib import data, io, params, paths, report
 from kernelib.cache import Cache
 from kernelib.errors import ConfigError, PipelineError, StageFailedError
 from kernelib.executor import Executor, LocalPool
-from kernelib.resources import NOTEBOOKS, notebooks_dir  # noqa: F401  (tests import them here)
+from kernelib.resources import notebooks_dir
 from kernelib.rundir import RunDir, kernel_env
 from kernelib.runlock import Interrupted, RunLock, interrupts, space_reserve
 from kernelib.runrecord import latest_run as latest_run  # `kernelib report` finds it here
@@ -39,10 +39,8 @@ from kernelib.steps import (
     artifact_files,
     hash_outputs,
     plan,
-    plan_keys,  # noqa: F401  moved to kernelib.steps
     select_steps,
 )
-from kernelib.steps import artifact_files as _snapshot  # noqa: F401  moved to kernelib.steps
 
 # ---------------------------------------------------------------------------- configuration
 

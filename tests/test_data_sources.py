@@ -403,14 +403,14 @@ def test_a_folder_with_train_val_and_test_is_used_as_given(tmp_path):
 
 def test_the_load_cache_key_follows_the_dataset_files(tmp_path):
     from conftest import ROOT
-    from kernelib import params, pipeline
+    from kernelib import params, steps
 
     _classes(tmp_path / "images", {"cat": 3, "dog": 3})
     config = params.validate_config({"load": {"dataset": {
         "kind": "folder", "path": str(tmp_path / "images"), "image_size": [8, 8]}}})
 
     def key() -> str:
-        return pipeline.plan_keys(config, tmp_path / "run", nb_dir=ROOT / "notebooks")["load"]
+        return steps.plan_keys(config, tmp_path / "run", nb_dir=ROOT / "notebooks")["load"]
 
     first = key()
     assert key() == first

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, epoch_scalars
-from kernelib import lab, params
+from kernelib import lab, params, rundir
 from kernelib.errors import ConfigError
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -78,17 +78,17 @@ MIN_FIGURES = {"01_load.ipynb": 1, "02_preprocess.ipynb": 0, "03_train.ipynb": 1
 
 @pytest.mark.parametrize("env, expected", [
     ({}, "../runs/lab"),
-    ({lab.RUN_ENV: "alice"}, "../runs/alice"),
-    ({lab.RUN_ENV: "bob", lab.RUNS_ENV: "/srv/runs"}, "/srv/runs/bob"),
+    ({rundir.LAB_RUN_ENV: "alice"}, "../runs/alice"),
+    ({rundir.LAB_RUN_ENV: "bob", rundir.LAB_RUNS_ENV: "/srv/runs"}, "/srv/runs/bob"),
 ])
 def test_run_folder_follows_lab_run(env, expected):
-    assert lab.run_folder(env) == Path(expected).resolve()
+    assert rundir.run_folder(env) == Path(expected).resolve()
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "x" * 65, "two words"])
 def test_run_name_that_is_not_one_folder_is_refused(name):
     with pytest.raises(ConfigError, match="LAB_RUN must be a folder name"):
-        lab.run_folder({lab.RUN_ENV: name})
+        rundir.run_folder({rundir.LAB_RUN_ENV: name})
 
 
 @pytest.mark.parametrize("as_root, flag", [(True, True), (False, False)])

@@ -12,8 +12,8 @@ import pytest
 from kernelib import calibrate as kc
 from kernelib import merge, zoo
 from kernelib.errors import MergeError
+from kernelib.layers import MajorityVote
 from kernelib.merge import distill, select, weighted
-from kernelib.merge.vote import MajorityVote
 
 
 def numpy_nll(p, y):

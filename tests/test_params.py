@@ -12,7 +12,7 @@ import yaml
 
 from kernelib import params
 from kernelib.errors import ConfigError
-from kernelib.pipeline import NOTEBOOKS
+from kernelib.resources import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 

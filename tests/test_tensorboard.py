@@ -78,9 +78,9 @@ def test_tensorboard_is_a_train_setting():
 def test_tensorboard_logs_stay_out_of_stage_outputs(tmp_path):
     """Event files hold wall-clock times: recorded as outputs they would change downstream
     cache keys on every rerun."""
-    from kernelib import pipeline
+    from kernelib import steps
 
     for rel in ["merged/concat.keras", "tensorboard/concat/train/events.out.tfevents.1.v2"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
-    assert sorted(pipeline._snapshot(tmp_path)) == ["merged/concat.keras"]
+    assert sorted(steps.artifact_files(tmp_path)) == ["merged/concat.keras"]

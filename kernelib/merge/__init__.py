@@ -22,6 +22,7 @@ import numpy as np
 
 from kernelib import calibrate as _calibrate
 from kernelib.errors import MergeError
+from kernelib.layers import MajorityVote
 from kernelib.merge.average import Average
 from kernelib.merge.base import check_val, check_xy, member_probabilities, predict, prepare
 from kernelib.merge.cache import cache_predictions  # noqa: F401  (the merge notebook calls it)
@@ -32,7 +33,7 @@ from kernelib.merge.select import Select
 from kernelib.merge.soup import Soup
 from kernelib.merge.stacking import Stacking
 from kernelib.merge.strategy import Strategy
-from kernelib.merge.vote import MajorityVote, Vote
+from kernelib.merge.vote import Vote
 from kernelib.merge.weighted import Weighted
 
 _TABLE: dict[str, type[Strategy]] = {

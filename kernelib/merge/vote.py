@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from kernelib.layers import MajorityVote  # noqa: F401  (its home before layers.py)
+from kernelib.layers import MajorityVote
 from kernelib.merge.base import model_input
 from kernelib.merge.strategy import Strategy
 from kernelib.merge_params import VoteParams
