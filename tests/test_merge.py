@@ -237,3 +237,32 @@ def test_merge_many_reuses_the_built_teacher(tiny_members, splits):
     assert list(out) == ["distill", "average"]
     assert out["average"].get_layer("temperature") is not None
     assert out["distill"].name == "distill"
+
+
+
+def test_concat_head_trains_on_the_members_inference_features(tiny_members, splits):
+    """The head is fitted on the frozen members' features in inference mode (dropout off):
+    the same head trained here on features from `Model.predict` of each member's penultimate
+    layer, from the same initial weights and batches, ends with the same weights."""
+    from kernelib.data import make_dataset
+    from kernelib.train import compile_model
+
+    init = merge.merge(tiny_members, "concat", train=splits.train, val=splits.val, seed=3,
+                       epochs=1, learning_rate=0.0).get_layer("head").get_weights()
+    model = merge.merge(tiny_members, "concat", train=splits.train, val=splits.val, seed=3,
+                        epochs=2, patience=5)
+
+    def feats(x):
+        return np.concatenate([
+            keras.Model(m.model.inputs, m.model.layers[-1].input).predict(x, verbose=0)
+            for m in tiny_members], axis=1)
+
+    f_in = keras.Input(shape=(init[0].shape[0],))
+    ref = keras.Model(f_in, keras.layers.Dense(10, activation="softmax")(f_in))
+    ref.set_weights(init)
+    compile_model(ref, learning_rate=1e-3)
+    ref.fit(make_dataset(feats(splits.x_train), splits.y_train, batch_size=64, shuffle=True,
+                         seed=3), epochs=2, verbose=0, shuffle=False)
+    for a, b in zip(model.get_layer("head").get_weights(), ref.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert not np.allclose(init[0], ref.get_weights()[0])

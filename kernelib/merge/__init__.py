@@ -170,14 +170,16 @@ def options_from_params(p, *, run=None, augment: dict | None = None) -> dict[str
     return options
 
 
-def save_all(merged: dict[str, Any], run, *, check_x: np.ndarray):
-    """Save each merged model to `merged/<strategy>.keras`; table of size and reload parity."""
+def save_all(merged: dict[str, Any], run, *, check_x: np.ndarray, check_rows: int = 512):
+    """Save each merged model to `merged/<strategy>.keras`; table of size and reload parity
+    (max |Δ| between the model and its reloaded file on the first `check_rows` of `check_x`:
+    a file that lost a weight or a layer differs on any rows, so a few hundred suffice)."""
     import pandas as pd
 
     from kernelib import io
     from kernelib.members import count_params
 
-    rows = []
+    check_x, rows = check_x[:check_rows], []
     for strategy, model in merged.items():
         path = run.merged_model(strategy)
         diff = save(model, path, check_x=check_x)

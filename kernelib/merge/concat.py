@@ -4,7 +4,8 @@ With `fine_tune_layers=k > 0`, after the head is fitted the last `k` layers with
 each member (nested models such as `keras.applications` backbones looked into; batch
 normalisation left frozen, in inference mode) are unfrozen and trained together with the
 head at `fine_tune_learning_rate`. Fine-tuning works on copies, so the members passed in
-never change.
+never change. Without fine-tuning, the head is fitted on the members' features in inference
+mode, computed once when no augmentation applies.
 """
 
 from __future__ import annotations
@@ -36,6 +37,39 @@ def unfreeze_last(model, k: int) -> list[str]:
     for layer in leaves:
         layer.trainable = any(layer is t for t in tunable)
     return [la.name for la in tunable]
+
+
+_FEATURE_BYTES = 1 << 30  # features computed once up to 1 GiB a split; past it, per batch
+
+
+def _head_on_features(extract, head, train, val, *, batch_size, seed, augment):
+    """The head alone (the merged model's own layer) and datasets of the frozen members'
+    features, computed in inference mode: inside `fit`, Keras 3 runs a nested model in
+    training mode whatever its call said, so the members' dropout would noise the features.
+
+    Without augmentation the features of a split are computed once (the members see the same
+    rows every epoch); with it, or past `_FEATURE_BYTES`, batch by batch as tf.data draws them.
+    """
+    import numpy as np
+
+    from kernelib.data import batches, make_dataset
+
+    width = int(extract.output_shape[-1])
+
+    def features_of(x):
+        return np.concatenate([np.asarray(extract(xb, training=False), dtype="float32")
+                               for xb in batches(x)])
+
+    def dataset(x, y, *, shuffle: bool, spec):
+        if not (spec or {}).get("settings") and len(x) * width * 4 <= _FEATURE_BYTES:
+            return make_dataset(features_of(x), y, batch_size=batch_size, shuffle=shuffle,
+                                seed=seed)
+        return make_dataset(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            augment=spec).map(lambda xb, yb: (extract(xb, training=False), yb))
+
+    f_in = keras.Input(shape=(width,), name="features")
+    return (keras.Model(f_in, head(f_in)), dataset(*train, shuffle=True, spec=augment),
+            dataset(*val, shuffle=False, spec=None))
 
 
 def _copy(model):
@@ -85,15 +119,21 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
                                      name="head")(feats)
         model = keras.Model(inputs, outputs, name=name)
     batch_size *= replicas()
+    if not fine_tune_layers and replicas() == 1:  # frozen members: only the head trains
+        fitted, train_ds, val_ds = _head_on_features(
+            keras.Model(inputs, feats), model.get_layer("head"), (x_train, y_train),
+            (x_val, y_val), batch_size=batch_size, seed=seed, augment=augment)
+    else:  # end to end (members' dropout in training mode: they are trained too, or mirrored)
+        fitted = model
+        train_ds = make_dataset(x_train, y_train, batch_size=batch_size, shuffle=True,
+                                seed=seed, augment=augment)
+        val_ds = make_dataset(x_val, y_val, batch_size=batch_size)
 
     def fit(lr: float, logs: str | None) -> None:
         with strategy_scope():
-            compile_model(model, learning_rate=lr)
-        model.fit(
-            make_dataset(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed,
-                         augment=augment),
-            validation_data=make_dataset(x_val, y_val, batch_size=batch_size),
-            epochs=epochs, verbose=0, shuffle=False,
+            compile_model(fitted, learning_rate=lr)
+        fitted.fit(
+            train_ds, validation_data=val_ds, epochs=epochs, verbose=0, shuffle=False,
             callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                      restore_best_weights=True),
                        *tensorboard_callbacks(logs)],
