@@ -79,6 +79,24 @@ def _copy(model):
     return clone
 
 
+def _build(models, n_classes: int, name: str, *, copy: bool):
+    """The merged model (frozen feature extractors, `features`, a new `head`) and extractors."""
+    from kernelib.train import replicas, strategy_scope
+
+    with strategy_scope():  # under tf.distribute, the members' copies become its variables
+        if copy or replicas() > 1:
+            models = [_copy(m) for m in models]
+        extractors = [feature_extractor(m) for m in models]
+        for e in extractors:
+            e.trainable = False
+        inputs = model_input(models)
+        feats = keras.layers.Concatenate(name="features")([e(inputs, training=False)
+                                                              for e in extractors])
+        outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
+                                     name="head")(feats)
+        return keras.Model(inputs, outputs, name=name), extractors
+
+
 def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tuple | None = None,
                  seed: int = 0, epochs: int = 20, learning_rate: float = 1e-3,
                  batch_size: int = 64, patience: int = 3, fine_tune_layers: int = 0,
@@ -106,22 +124,12 @@ def merge_concat(members: Sequence[Any], *, train: tuple | None = None, val: tup
     x_train, y_train = check_xy(train, "train", "concat", n_classes, input_shape=shape)
     x_val, y_val = check_xy(val, "val", "concat", n_classes, input_shape=shape)
     keras.utils.set_random_seed(seed)
-    with strategy_scope():  # under tf.distribute, the members' copies become its variables
-        if fine_tune_layers or replicas() > 1:
-            models = [_copy(m) for m in models]
-        extractors = [feature_extractor(m) for m in models]
-        for e in extractors:
-            e.trainable = False
-        inputs = model_input(models)
-        feats = keras.layers.Concatenate(name="features")([e(inputs, training=False)
-                                                              for e in extractors])
-        outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
-                                     name="head")(feats)
-        model = keras.Model(inputs, outputs, name=name)
+    model, extractors = _build(models, n_classes, name, copy=bool(fine_tune_layers))
     batch_size *= replicas()
     if not fine_tune_layers and replicas() == 1:  # frozen members: only the head trains
         fitted, train_ds, val_ds = _head_on_features(
-            keras.Model(inputs, feats), model.get_layer("head"), (x_train, y_train),
+            keras.Model(model.inputs, model.get_layer("features").output),
+            model.get_layer("head"), (x_train, y_train),
             (x_val, y_val), batch_size=batch_size, seed=seed, augment=augment)
     else:  # end to end (members' dropout in training mode: they are trained too, or mirrored)
         fitted = model
