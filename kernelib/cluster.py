@@ -84,12 +84,21 @@ def probe_storage(run_root: str, token: str, node_id: str) -> dict[str, Any]:
 
 
 def ray_step(job: dict[str, Any]) -> dict[str, Any]:
-    """The Ray task of one step: `executor.run_job`, and where it ran."""
+    """The Ray task of one step: `executor.run_job` with its stderr (and its kernel's) in the
+    run folder's `logs/<step>.stderr`, as with the local pool, and where it ran."""
     import ray
 
     from kernelib import executor
+    from kernelib.rundir import RunDir
+    from kernelib.steps import Step
 
-    record = executor.run_job(job)
+    step = Step(**{**job["step"], "needs": tuple(job["step"]["needs"])})
+    log = executor.log_path(RunDir(Path(step.parameters["run_dir"])), step)
+    with executor.stderr_into(log):
+        record = executor.run_job(job)
+    record["stderr"] = str(log.relative_to(log.parent.parent))
+    if record["status"] == "failed":
+        record["stderr_tail"] = executor.stderr_tail(log)
     ctx = ray.get_runtime_context()
     record["node"] = {"host": socket.gethostname(), "node_id": ctx.get_node_id()}
     return record

@@ -10,6 +10,7 @@ Every pool has the same four methods: `describe(step)`, `start(step, rd, nb_dir,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,6 +34,27 @@ STDERR_TAIL = 2000  # characters of a worker's stderr kept in its record and err
 
 def _label_file(step: Step) -> str:
     return step.label.replace(":", "_")
+
+
+def log_path(rd: RunDir, step: Step) -> Path:
+    """`logs/<step>.stderr` in the run folder: the step's worker's stderr and its kernel's."""
+    log = rd.root / "logs" / f"{_label_file(step)}.stderr"
+    log.parent.mkdir(exist_ok=True)
+    return log
+
+
+@contextlib.contextmanager
+def stderr_into(path: Path):
+    """This process's file descriptor 2 (inherited by the kernel it starts) into `path`, then
+    back: how a worker that did not start with its stderr there (a Ray task) logs the step."""
+    saved = os.dup(2)
+    try:
+        with open(path, "wb") as err:
+            os.dup2(err.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def execute_step(step: Step, record: dict[str, Any], *, nb_dir: Path, rd: RunDir,
@@ -119,8 +141,7 @@ class LocalPool:
         job = rd.root / f".job-{_label_file(step)}.json"
         result = job.with_suffix(".result.json")
         result.unlink(missing_ok=True)
-        log = rd.root / "logs" / f"{_label_file(step)}.stderr"
-        log.parent.mkdir(exist_ok=True)
+        log = log_path(rd, step)
         io.write_json(job, {**job_of(step, nb_dir, kernel_name, self.threads),
                             "result": str(result)})
         env = {**os.environ, **kernel_env(self.threads)}

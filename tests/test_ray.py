@@ -69,6 +69,9 @@ def test_ray_chain_succeeds_with_the_local_executors_metrics(smoke, ray_run):
     assert [s["status"] for s in m["stages"]] == ["succeeded"] * 7
     assert not any(s.get("cached_from") for s in m["stages"])
     assert all(s["node"]["node_id"] for s in m["stages"])  # each step ran as a Ray task
+    for s in m["stages"]:  # each task's stderr, its kernel's included, is in the run folder
+        log = ray_run["run"] / s["stderr"]
+        assert log.parent.name == "logs" and log.stat().st_size > 0, s["label"]
     train = {s["label"]: s for s in m["stages"]}["train:mlp_0"]
     assert train["device"]["distribution"] == {"strategy": None, "replicas": 1}
     local = sorted((smoke["run"] / "metrics").glob("*.json"))
