@@ -21,7 +21,8 @@ from kernelib.repository import Version
 class Batcher:
     """Dynamic batching: requests queued while the runtime is busy run as one batch.
 
-    A batch holds up to `max_batch_size` rows of one version; it waits at most `timeout_s` for
+    A batch holds up to `max_batch_size` rows of one version (fewer where the repository
+    measured that the version's runtime runs faster per row in smaller batches); it waits at most `timeout_s` for
     more rows once the runtime is free. `max_batch_size=0` runs each request on its own. One
     inference thread runs the runtime (whose own thread pool uses the cores).
 
@@ -57,7 +58,7 @@ class Batcher:
         self._pending.append((version, x, future))
         self._rows += len(x)
         self._wake.set()
-        if self._rows >= self.max_rows:
+        if self._rows >= self._limit(self._pending[0][0]):
             self._full.set()
         return await future
 
@@ -66,7 +67,7 @@ class Batcher:
         self._base_tasks = len(asyncio.all_tasks())
         while True:
             await self._wake.wait()
-            if self.timeout_s > 0 and self._rows < self.max_rows:
+            if self.timeout_s > 0 and self._rows < self._limit(self._pending[0][0]):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.timeout_s)
             batch = self._take()
@@ -84,6 +85,10 @@ class Batcher:
                 if not future.done():  # the client may have gone away
                     future.set_result(y[start:start + len(rows)])
                 start += len(rows)
+
+    def _limit(self, version: Version) -> int:
+        """Rows per batch: `max_batch_size`, or less where the version runs best in less."""
+        return min(self.max_rows, version.batch_rows or self.max_rows)
 
     def _alone(self) -> bool:
         """Whether the calling request's task is the only one besides the server's own."""
@@ -123,14 +128,14 @@ class Batcher:
     def _take(self) -> list:
         """The longest run of queued requests for one version that fits in a batch."""
         batch = [self._pending.popleft()]
-        rows = len(batch[0][1])
+        rows, limit = len(batch[0][1]), self._limit(batch[0][0])
         while (self._pending and self._pending[0][0] is batch[0][0]
-               and rows + len(self._pending[0][1]) <= self.max_rows):
+               and rows + len(self._pending[0][1]) <= limit):
             batch.append(self._pending.popleft())
             rows += len(batch[-1][1])
         self._rows -= rows
         if not self._pending:
             self._wake.clear()
-        if self._rows < self.max_rows:
+        if not self._pending or self._rows < self._limit(self._pending[0][0]):
             self._full.clear()
         return batch

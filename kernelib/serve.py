@@ -371,7 +371,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501,
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    repo = Repository(path, runtime=runtime)
+    repo = Repository(path, runtime=runtime, max_batch_size=max_batch_size)
     repo.scan(first=True)
     if not repo.served:
         log.warning("no complete model version in %s yet; waiting for one", repo.root)
