@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -179,11 +178,10 @@ class Server:
     async def _lifespan(self, app):
         stop = threading.Event()
         self.repo.watch(self.poll_s, stop)
-        worker = asyncio.create_task(self.batcher.worker())
+        self.batcher.start()
         yield
         stop.set()
-        worker.cancel()
-        self.batcher.executor.shutdown(wait=True)
+        self.batcher.close()
 
     @staticmethod
     async def _error(request, err):
