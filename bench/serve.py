@@ -160,7 +160,7 @@ def load_test(name: str, export: Path, work: Path, seconds: float) -> None:
                 before, cpu = runtime_calls(url, name), cpu_s(proc.pid)
                 r = results[label, c] = hey(f"{url}/v1/models/{name}:predict", c, seconds,
                                             body["rest"])
-                server_ms = 1e3 * (cpu_s(proc.pid) - cpu) / r["n"]
+                server_ms = r["server_ms"] = 1e3 * (cpu_s(proc.pid) - cpu) / r["n"]
                 rows, calls, ns = np.subtract(runtime_calls(url, name), before)
                 r["runtime_ms"] = 1e-6 * ns / r["n"]
                 ref = 1 / one_s if label == "off" or c == 1 else 64 / batch_s
@@ -190,6 +190,9 @@ def summary(results: dict, one_s: float, batch_s: float) -> None:
           f"latency {r['mean']:.2f} ms - mean runtime call in the server {r['runtime_ms']:.2f} ms "
           f"= {r['mean'] - r['runtime_ms']:.2f} ms. Of it {floor:.2f} ms is the HTTP floor. "
           f"V2 binary tensor: p50 {v2:.2f} ms, {v2 - 1e3 * one_s:.2f} ms over in-process")
+    print(f"  CPU per request at c=1 outside the runtime (little inflated by other processes' "
+          f"load): server CPU - runtime call time {r['server_ms'] - r['runtime_ms']:.2f} ms + hey "
+          f"{r['client_ms']:.2f} ms = {r['server_ms'] - r['runtime_ms'] + r['client_ms']:.2f} ms")
     on, off = results["on (64 rows, 0 µs)", 64]["rps"], results["off", 64]["rps"]
     ceiling = min(one_s * 64 / batch_s, results["live", 64]["rps"] / off)
     print(f"batching at c=64: {on:,.0f} vs {off:,.0f} req/s = {on / off:.1f}× (target ≥ 5×); "
