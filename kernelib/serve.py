@@ -8,7 +8,8 @@ Both protocols answer from the same served versions (see `kernelib.repository`):
   (columnar; answered `{"outputs": ...}`, as TF Serving does).
 - Open Inference Protocol (KServe V2, what Triton speaks): `GET /v2`, `/v2/health/live`,
   `/v2/health/ready`, `/v2/models/<name>[/versions/<v>][/ready]`,
-  `POST /v2/models/<name>[/versions/<v>]/infer`, with JSON tensors or the binary tensor extension.
+  `POST /v2/models/<name>[/versions/<v>]/infer`, with JSON tensors or the binary tensor extension,
+  and `.../stats` (Triton's statistics: rows, runtime calls, batch sizes).
 
 Errors are `{"error": "..."}` with TF Serving's status codes (400 bad input, 404 unknown model or
 version, 413 a body over `max_body_bytes`). The HTTP server is uvicorn with a starlette app; on
@@ -22,9 +23,11 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
+import math
+import re
 import threading
 from pathlib import Path
 
@@ -103,6 +106,43 @@ def to_rows(value, version: Version, what: str) -> np.ndarray:
     return x.astype("float32")
 
 
+_INSTANCES = re.compile(rb'\s*\{\s*"instances"\s*:\s*(\[.*\])\s*\}\s*', re.S)
+
+
+def fast_rows(raw: bytes, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`{"instances": [...]}` of plain numbers as float32 rows, or None for any other body.
+
+    The general path (`orjson.loads`, then `np.asarray` on nested lists) builds a Python list
+    per innermost row, about 0.2 ms for one 28x28x1 row. Here the numbers alone are parsed as
+    one flat JSON list, and the brackets must be exactly those of an `(n, *shape)` array; any
+    other body (named instances, `inputs`, ragged, non-numbers, malformed) returns None and
+    takes the general path, which answers it or gives the error.
+    """
+    match = _INSTANCES.fullmatch(raw)
+    if match is None:
+        return None
+    array = match.group(1).translate(None, b" \t\n\r")
+    numbers = array.translate(None, b"[]")
+    if numbers.translate(None, b"0123456789eE+-.,"):  # strings, objects, true/false/null
+        return None
+    n, left = divmod(numbers.count(b",") + 1, math.prod(shape))
+    if left or not n or array.translate(None, b"0123456789eE+-.") != _brackets((n, *shape)):
+        return None
+    try:
+        values = orjson.loads(b"[" + numbers + b"]")  # checks each number's JSON syntax
+    except orjson.JSONDecodeError:
+        return None
+    return np.array(values, "float64").astype("float32").reshape(n, *shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _brackets(shape: tuple[int, ...]) -> bytes:
+    """The brackets and commas of a JSON array of this shape with its numbers taken out."""
+    if not shape:
+        return b""
+    return b"[" + b",".join([_brackets(shape[1:])] * shape[0]) + b"]"
+
+
 # ---------------------------------------------------------------------------- the app
 
 
@@ -129,6 +169,7 @@ class Server:
             *(Route(f"/v2{model}{s}", self.v2_metadata) for s in ("", v)),
             *(Route(f"/v2{model}{s}/ready", self.v2_model_ready) for s in ("", v)),
             *(Route(f"/v2{model}{s}/infer", self.v2_infer, methods=["POST"]) for s in ("", v)),
+            *(Route(f"/v2{model}{s}/stats", self.v2_stats) for s in ("", v)),
         ]
         self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
             RequestError: self._error, HTTPException: self._error, Exception: self._error})
@@ -137,11 +178,10 @@ class Server:
     async def _lifespan(self, app):
         stop = threading.Event()
         self.repo.watch(self.poll_s, stop)
-        worker = asyncio.create_task(self.batcher.worker())
+        self.batcher.start()
         yield
         stop.set()
-        worker.cancel()
-        self.batcher.executor.shutdown(wait=True)
+        self.batcher.close()
 
     @staticmethod
     async def _error(request, err):
@@ -190,7 +230,11 @@ class Server:
 
     async def tfs_predict(self, request):
         v = self.version(request)
-        body = parse_json(await read_body(request, self.limit))
+        raw = await read_body(request, self.limit)
+        x = fast_rows(raw, v.input_shape)
+        if x is not None:
+            return reply_json({"predictions": np.ascontiguousarray(await self.batcher.run(v, x))})
+        body = parse_json(raw)
         keys = {"instances", "inputs"} & body.keys()
         if len(keys) != 1:
             raise RequestError("expected exactly one of 'instances' (row format) or 'inputs' "
@@ -209,7 +253,7 @@ class Server:
 
     async def v2_server(self, request):
         return reply_json({"name": "kernelib", "version": __version__,
-                             "extensions": ["binary_tensor_data"]})
+                             "extensions": ["binary_tensor_data", "statistics"]})
 
     async def v2_live(self, request):
         return reply_json({"live": True})
@@ -228,6 +272,10 @@ class Server:
             "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *v.input_shape]}],
             "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, v.n_classes]}],
             "parameters": {"class_names": v.class_names}})
+
+    async def v2_stats(self, request):
+        """Triton's statistics extension: rows, runtime calls and batch sizes since start."""
+        return reply_json({"model_stats": [self.batcher.stats(self.version(request))]})
 
     async def v2_infer(self, request):
         from starlette.responses import Response
@@ -321,7 +369,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8501,
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    repo = Repository(path, runtime=runtime)
+    repo = Repository(path, runtime=runtime, max_batch_size=max_batch_size)
     repo.scan(first=True)
     if not repo.served:
         log.warning("no complete model version in %s yet; waiting for one", repo.root)

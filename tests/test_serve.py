@@ -223,6 +223,82 @@ def test_bad_requests_answered_with_an_error_and_the_server_still_serves(
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
 
 
+# ---------------------------------------------------------------------------- the row fast path
+
+FAST = [  # bodies the fast path reads: the answer is the json module's, through NumPy
+    b'{"instances": [[1, 2.5], [-3e2, 4E-1]]}',
+    b' {\n "instances" :\t[ [ 0.0 , 1 ] ,[2,3]]\r\n} ',
+    b'{"instances": [[1.5, -0.0]]}',
+]
+GENERAL = [  # bodies it leaves to the general path (which answers them or gives the error)
+    b'{"instances": [[1, 2], [3]]}', b'{"instances": [[1, 2, 3]]}', b'{"instances": [1, 2]}',
+    b'{"instances": [["1", 2]]}', b'{"instances": [[true, 2]]}', b'{"instances": [[null, 2]]}',
+    b'{"instances": [[NaN, 2]]}', b'{"instances": [[01, 2]]}', b'{"instances": [[1., 2]]}',
+    b'{"instances": [[1, 2,]]}', b'{"instances": [[1,, 2]]}', b'{"instances": [[1e, 2]]}',
+    b'{"instances": []}', b'{"instances": [[1, 2]], "x": [3]}', b'{"inputs": [[1, 2]]}',
+    b'{"instances": [{"input": [1, 2]}]}', b'{"instances": [[1, 2]]', b'[[1, 2]]',
+]
+
+
+@pytest.mark.parametrize("body", FAST)
+def test_fast_rows_equal_the_json_module(body):
+    from kernelib.serve import fast_rows
+
+    got = fast_rows(body, (2,))
+    expected = np.asarray(json.loads(body)["instances"], "float64").astype("float32")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("body", GENERAL)
+def test_fast_rows_leave_other_bodies_to_the_general_path(body):
+    from kernelib.serve import fast_rows
+
+    assert fast_rows(body, (2,)) is None
+
+
+@pytest.mark.parametrize("max_batch", ["0", "16"])
+def test_lone_and_concurrent_requests_get_their_own_rows_and_are_counted(
+        exported, tmp_path, max_batch):
+    """No batch timeout: a lone request runs on the loop's thread, concurrent ones go to the
+    inference thread (batched or not); every answer is its own row's. Triton's statistics
+    count the rows and the runtime calls."""
+    import tritonclient.http as httpclient
+
+    proc, url = start_server(exported["out"], tmp_path / "log", "--max-batch-size", max_batch)
+    x = exported["x"]
+    expected = onnx_direct(exported["v1"].path("onnx"), x)
+    try:
+        lone = [requests.post(f"{url}/v1/models/digits:predict",
+                              json={"instances": x[i:i + 1].tolist()}, timeout=30)
+                for i in range(len(x))]
+        got = {}
+
+        def call(i):
+            got[i] = requests.post(f"{url}/v1/models/digits:predict",
+                                   json={"instances": x[i % len(x):][:1].tolist()}, timeout=30)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(28)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+        stats = client.get_inference_statistics("digits")["model_stats"][0]
+    finally:
+        assert stop(proc) == 0
+    for i, r in [*enumerate(lone), *got.items()]:
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["predictions"], expected[i % len(x)][None],
+                                   atol=1e-4)
+    assert len(got) == 28 and stats["inference_count"] == len(x) + 28
+    calls = {s["batch_size"]: s["compute_infer"]["count"] for s in stats["batch_stats"]}
+    assert sum(size * n for size, n in calls.items()) == len(x) + 28
+    assert stats["execution_count"] == sum(calls.values()) <= len(x) + 28
+    if max_batch == "0":
+        assert calls == {1: len(x) + 28}
+
+
 # ---------------------------------------------------------------------------- versions
 
 
