@@ -1,7 +1,8 @@
-"""Faults: signals and kills at stages of the smoke chain, a read-only reports folder, a full
-disk, a crashed re-export, and the runner's cache keys of fine-tunes. Every run must end
-`succeeded`, `failed` or `interrupted` with its lock gone, a resume must complete, and every
-file that `manifest.json` or `exports.json` lists must have the sha256 recorded there.
+"""Faults: SIGTERM to the runner, kill -9 of a stage's kernel and kill -9 of the runner during
+every stage (stand-in notebooks), signals and kills on the smoke chain, a read-only reports
+folder, a full disk, a crashed re-export, and the runner's cache keys of fine-tunes. Every run
+must end `succeeded`, `failed` or `interrupted` with its lock gone, a resume must complete, and
+every file that `manifest.json` or `exports.json` lists must have the sha256 recorded there.
 """
 
 from __future__ import annotations
