@@ -143,7 +143,7 @@ class LocalPool:
         result.unlink(missing_ok=True)
         log = log_path(rd, step)
         io.write_json(job, {**job_of(step, nb_dir, kernel_name, self.threads),
-                            "result": str(result)})
+                            "result": str(result), "runner": os.getpid()})
         env = {**os.environ, **kernel_env(self.threads)}
         with open(log, "wb") as err:
             proc = subprocess.Popen([sys.executable, "-m", "kernelib.executor", str(job)],
@@ -256,9 +256,26 @@ class Executor:
 def _worker(job_path: str) -> int:
     """Entry point of a pool step: execute it and write its record to the result file."""
     job = io.read_json(job_path)
-    io.write_json(job["result"], run_job(job))
+    _end_with_runner(job["runner"])
+    record = run_job(job)
+    if os.getppid() != job["runner"]:  # the runner is gone: nobody reads the record
+        return 1
+    io.write_json(job["result"], record)
     Path(job_path).unlink(missing_ok=True)
     return 0
+
+
+def _end_with_runner(runner: int) -> None:
+    """Have the kernel send this worker SIGINT when its runner ends, as Ctrl-C does (Linux
+    `prctl(PR_SET_PDEATHSIG)`): a runner killed with -9 leaves no step running on into its run
+    folder beside the resume. Kernels end with their parent on their own (ipykernel's
+    parent poller); a worker would not."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != runner:  # it ended before the request took effect
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Faults: signals and kills at stages of the smoke chain, a read-only reports folder, a full
-disk, a crashed re-export, and the runner's cache keys of fine-tunes. Every run must end
-`succeeded`, `failed` or `interrupted` with its lock gone, a resume must complete, and every
-file that `manifest.json` or `exports.json` lists must have the sha256 recorded there.
+"""Faults: SIGTERM to the runner, kill -9 of a stage's kernel and kill -9 of the runner during
+every stage (stand-in notebooks), signals and kills on the smoke chain, a read-only reports
+folder, a full disk, a crashed re-export, and the runner's cache keys of fine-tunes. Every run
+must end `succeeded`, `failed` or `interrupted` with its lock gone, a resume must complete, and
+every file that `manifest.json` or `exports.json` lists must have the sha256 recorded there.
 """
 
 from __future__ import annotations
@@ -30,15 +31,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 # ---------------------------------------------------------------------------- fine-tune keys
 
 _STAGE_CELL = """
-import json, os, pathlib
+import json, os, pathlib, time
 root = pathlib.Path(run_dir)
+label = f"train:{name}" if STAGE == "train" else STAGE
 if STAGE == "train" and name == "crash":  # the kernel dies, leaving a line on its stderr
     os.write(2, b"crash-marker: the kernel is going down\\n")
     os.kill(os.getpid(), 9)
-for rel in FILES[STAGE]:  # non-deterministic results, as with deterministic: false
+for i, rel in enumerate(FILES[STAGE]):  # non-deterministic results, as with deterministic: false
     out = root / rel.format(name=name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"random": os.urandom(8).hex()}))
+    if i == 0 and os.environ.get("KERNELIB_TEST_HOLD") == label:  # a fault arrives here
+        held = pathlib.Path(os.environ["KERNELIB_TEST_HELD"])
+        held.with_suffix(".tmp").write_text(str(os.getpid()))
+        held.with_suffix(".tmp").rename(held)
+        time.sleep(600)
 """
 
 # what each stand-in writes: the paths its stage declares (kernelib.steps.declared)
@@ -119,9 +126,99 @@ def test_a_worker_whose_kernel_dies_fails_its_step_with_the_tail_of_its_stderr(t
     assert by["merge"]["status"] == "pending"
 
 
+# ---------------------------------------------------------------------------- every stage
+
+# the runner as `kernelib run` starts it, with the stand-in notebooks in place of the stages
+_RUNNER = ("import pathlib, sys\nfrom kernelib import cli, pipeline\n"
+           "pipeline.notebooks_dir = lambda: pathlib.Path(sys.argv[1])\n"
+           "sys.exit(cli.main(sys.argv[2:]))")
+_HOLD = {stage: "train:cnn_0" if stage == "train" else stage for stage in params.STAGES}
+# the fault -> (the runner's exit status, the run's status, the held step's status)
+_FAULTS = {"SIGTERM to the runner": (128 + signal.SIGTERM, "interrupted", "interrupted"),
+           "kill -9 of the kernel": (1, "failed", "failed"),
+           "kill -9 of the runner": (-signal.SIGKILL, "running", None)}  # nobody records
+
+
+@pytest.fixture(scope="module")
+def stand_in_run(tmp_path_factory):
+    """A finished run of the smoke config (two members) through the stand-in notebooks."""
+    tmp = tmp_path_factory.mktemp("stand_ins")
+    nb_dir = _stand_in_notebooks(tmp / "nbs")
+    config = tmp / "smoke.yaml"
+    shutil.copy(ROOT / "configs" / "smoke.yaml", config)
+    root = pipeline.run(config, runs_dir=tmp / "runs", reports_dir=tmp / "reports", run_id="r",
+                        nb_dir=nb_dir, progress=False)
+    return {"root": root, "nb_dir": nb_dir, "config": config}
+
+
+def _gone(pid: int, timeout: float = 60) -> bool:
+    """Whether process `pid` has ended (or is a zombie) within `timeout` seconds."""
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(pid)
+        deadline = time.time() + timeout
+        while proc.status() != psutil.STATUS_ZOMBIE:
+            if time.time() > deadline:
+                return False
+            time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("stage, fault, jobs", [
+    *[(stage, fault, 1) for stage in params.STAGES for fault in _FAULTS],
+    *[("train", fault, 2) for fault in _FAULTS]])  # members trained in worker processes
+def test_a_fault_in_any_stage_leaves_a_consistent_run_and_a_resume_completes(
+        stand_in_run, stage, fault, jobs, tmp_path):
+    """A finished run is re-run from `stage` (`--from`); while that stage's kernel has written
+    its first file, the fault strikes. The runner then records how the run ended (unless it was
+    killed itself), its lock is gone, no kernel is left behind, every recorded sha256 holds; a
+    plain resume completes, executing the stage again and keeping what came before it."""
+    root, held, label = tmp_path / "runs" / "r", tmp_path / "held", _HOLD[stage]
+    shutil.copytree(stand_in_run["root"], root)
+    kw = dict(runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports", run_id="r",
+              nb_dir=stand_in_run["nb_dir"], progress=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUNNER, str(kw["nb_dir"]),
+         *_args(tmp_path, stand_in_run["config"], "--run-id", "r", "--from", stage, "--jobs",
+                str(jobs))],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "KERNELIB_TEST_HOLD": label, "KERNELIB_TEST_HELD": str(held)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for(held.exists, proc)
+    kernel = int(held.read_text())
+    import psutil
+
+    worker = psutil.Process(kernel).ppid()  # the runner itself, or its --jobs worker
+    if fault == "SIGTERM to the runner":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.kill(kernel if fault == "kill -9 of the kernel" else proc.pid, signal.SIGKILL)
+    code, run_status, step_status = _FAULTS[fault]
+    assert proc.wait(timeout=300) == code, proc.stdout.read()[-3000:]
+    assert _gone(kernel), f"the kernel of '{label}' outlived the run"
+    assert _gone(worker), f"the worker of '{label}' outlived the run"
+    m = io.read_json(root / "manifest.json") if code < 0 else _consistent(root)
+    by = {s["label"]: s for s in m["stages"]}
+    assert m["status"] == run_status
+    assert step_status is None or by[label]["status"] == step_status
+    later = [s["status"] for s in m["stages"][list(by).index(label) + 1:]]
+    assert later == ["pending"] * len(later)
+
+    pipeline.run(stand_in_run["config"], jobs=jobs, **kw)  # the resume
+    m = _consistent(root)
+    by = {s["label"]: s for s in m["stages"]}
+    assert m["status"] == "succeeded" and {s["status"] for s in m["stages"]} == {"succeeded"}
+    assert "cached_from" not in by[label], "the step the fault cut short was reused"
+    before = [b for b, rec in by.items()
+              if params.STAGES.index(rec["stage"]) < params.STAGES.index(stage)]
+    assert all(by[b]["cached_from"] == "r" for b in before)
+    if code < 0:
+        assert "ended without a record" in m["previous_attempt"]
+    assert not [p for p in root.rglob(".*")], "leftovers of the attempt the fault cut short"
+
+
 # ---------------------------------------------------------------------------- the smoke chain
-
-
 
 
 def _args(tmp: Path, config: Path, *args: str) -> list[str]:
