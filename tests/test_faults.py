@@ -166,7 +166,9 @@ def _gone(pid: int, timeout: float = 60) -> bool:
 
 
 @pytest.mark.parametrize("stage, fault, jobs", [
-    *[(stage, fault, 1) for stage in params.STAGES for fault in _FAULTS],
+    # each stage meets one fault, the three in turn (each fault strikes two stages); the
+    # pool's worker processes of train meet all three
+    *[(stage, list(_FAULTS)[i % len(_FAULTS)], 1) for i, stage in enumerate(params.STAGES)],
     *[("train", fault, 2) for fault in _FAULTS]])  # members trained in worker processes
 def test_a_fault_in_any_stage_leaves_a_consistent_run_and_a_resume_completes(
         stand_in_run, stage, fault, jobs, tmp_path):
