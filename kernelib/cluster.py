@@ -90,15 +90,11 @@ def ray_step(job: dict[str, Any]) -> dict[str, Any]:
 
     from kernelib import executor
     from kernelib.rundir import RunDir
-    from kernelib.steps import Step
 
-    step = Step(**{**job["step"], "needs": tuple(job["step"]["needs"])})
+    step = executor.step_of(job)
     log = executor.log_path(RunDir(Path(step.parameters["run_dir"])), step)
     with executor.stderr_into(log):
-        record = executor.run_job(job)
-    record["stderr"] = str(log.relative_to(log.parent.parent))
-    if record["status"] == "failed":
-        record["stderr_tail"] = executor.stderr_tail(log)
+        record = executor.with_log(executor.run_job(job), log)
     ctx = ray.get_runtime_context()
     record["node"] = {"host": socket.gethostname(), "node_id": ctx.get_node_id()}
     return record

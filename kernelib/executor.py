@@ -107,11 +107,25 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Execute one step of a job (`job_of`) and return its manifest record: the step runner
     of every pool (a `--jobs` process, a Ray task)."""
     os.environ.update(job["env"])  # the kernel inherits it
-    step = Step(**{**job["step"], "needs": tuple(job["step"]["needs"])})
+    step = step_of(job)
     record: dict[str, Any] = {}
     execute_step(step, record, nb_dir=Path(job["nb_dir"]),
                  rd=RunDir(Path(step.parameters["run_dir"])), kernel_name=job["kernel_name"],
                  progress=False)
+    return record
+
+
+def step_of(job: dict[str, Any]) -> Step:
+    """The `Step` a job (`job_of`) carries as plain JSON."""
+    return Step(**{**job["step"], "needs": tuple(job["step"]["needs"])})
+
+
+def with_log(record: dict[str, Any], log: Path) -> dict[str, Any]:
+    """`record` with its step's log (relative to the run folder), and the log's tail when the
+    step failed: what every pool adds once a step has ended."""
+    record["stderr"] = str(log.relative_to(log.parent.parent))
+    if record["status"] == "failed":
+        record["stderr_tail"] = stderr_tail(log)
     return record
 
 
@@ -158,10 +172,7 @@ class LocalPool:
         record = io.read_json(result) if result.exists() else {
             "status": "failed", "error": f"worker exited with code {proc.returncode}"}
         result.unlink(missing_ok=True)
-        record["stderr"] = str(log.relative_to(log.parent.parent))
-        if record["status"] == "failed":
-            record["stderr_tail"] = stderr_tail(log)
-        return record
+        return with_log(record, log)
 
     def stop(self, handles: list) -> None:
         """Ctrl-C: SIGINT to every running step (its kernel stops), kill what does not end."""

@@ -64,8 +64,9 @@ def preferred_rows(runner: runtimes.Runner, max_rows: int, repeats: int = 5) -> 
     """The batch size to cap a version's dynamic batches at, and rows/s per size measured.
 
     Rows/s at 1, 2, 4, ... `max_rows` rows (the fastest of `repeats` calls, the figure other
-    processes on the machine disturb least); the smallest size within 10% of the best wins. A compute-bound model can run slower per row in large batches
-    (its activations leave the caches), so batching it to `max_rows` would lose throughput.
+    processes on the machine disturb least); the smallest size within 10% of the best wins.
+    A compute-bound model can run slower per row in large batches (its activations leave the
+    caches), so batching it to `max_rows` would lose throughput.
     """
     import time
 
