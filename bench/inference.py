@@ -3,7 +3,8 @@
     .venv/bin/python bench/inference.py [--work DIR] [--repeats R]
 
 Paths: a Python loop over the members' `predict` (what users write first), the merged model's
-`predict`, the merged model in `tf.function(jit_compile=True)`, and each exported runtime
+`predict`, its eager calls on 256-row batches against kernelib's traced `predict_proba` (what
+the merge stage's prediction cache runs), the merged model in `tf.function(jit_compile=True)`, and each exported runtime
 (onnxruntime and LiteRT at several thread counts and graph optimisation levels, SavedModel;
 the fastest also with a large batch fed in cache-sized slices).
 Batch 1: median microseconds per call; batch 1024: rows per second. FLOPs per row are counted
@@ -108,6 +109,12 @@ def litert(path: Path, threads: int) -> Callable:
     return run
 
 
+def eager_batches(model, rows: int = 256) -> Callable:
+    """What kernelib's `predict_proba` did before it traced: one eager call per batch."""
+    return lambda x: np.concatenate([np.asarray(model(x[i:i + rows], training=False))
+                                     for i in range(0, len(x), rows)])
+
+
 def chunked(fn: Callable, rows: int) -> Callable:
     """`fn` over a large batch in slices of `rows`, so each layer's activations stay in cache."""
     return lambda x: np.concatenate([fn(x[i:i + rows]) for i in range(0, len(x), rows)])
@@ -119,6 +126,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=50, help="batch-1 repeats (fast paths)")
     args = ap.parse_args()
     from kernelib import runtimes
+    from kernelib.inference import predict_proba
 
     pool = _pool.build(Path(args.work))
     members, merged, out = pool["members"], pool["merged"], pool["export"]
@@ -128,6 +136,8 @@ def main() -> int:
         "members' predict loop": (
             lambda x: np.mean([m.predict(x, verbose=0) for m in members], 0), 5, 3),
         "merged predict": (lambda x: merged.predict(x, verbose=0), 5, 3),
+        "merged eager calls, 256-row batches": (eager_batches(merged), 5, 3),
+        "kernelib predict_proba (traced, 256 rows)": (lambda x: predict_proba(merged, x), 5, 3),
         "merged tf.function(jit_compile)": (xla(merged), args.repeats, 5),
         "SavedModel serving_default": (runtimes.load(out / "pool" / "1"), args.repeats, 5),
     }

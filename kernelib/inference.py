@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,13 +24,37 @@ from kernelib.errors import DataError
 def predict_proba(model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """`model(x)` in inference mode, batch by batch, as float64 class probabilities.
 
-    Eager calls instead of `model.predict`: the merge and evaluate stages call many models
-    once each on small arrays, where `predict` would trace a new graph function per model.
+    More rows than one batch run through one traced `tf.function` per model, kept while the
+    model lives; a single batch (the probes) runs eagerly. On the demo's six-member `select`
+    model, 15,000 rows took 6.8 s traced (0.4 s of it the trace) against 14.5 s in eager
+    calls; `bench/inference.py` sets the two side by side.
     """
     from kernelib.data import batches  # an image folder's rows decode batch by batch
 
-    return np.concatenate([np.asarray(model(xb, training=False), dtype="float64")
+    call = traced(model) if len(x) > batch_size else _eager(model)
+    return np.concatenate([np.asarray(call(xb), dtype="float64")
                            for xb in batches(x, batch_size)])
+
+
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def traced(model):
+    """The model's inference pass as a `tf.function` over any batch size, traced once and
+    kept with the model (the cache holds the model weakly: a dropped model frees it)."""
+    fn = _TRACED.get(model)
+    if fn is None:
+        import tensorflow as tf
+
+        ref = weakref.ref(model)  # a strong reference here would keep the model forever
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        fn = _TRACED[model] = tf.function(lambda xb: ref()(xb, training=False),
+                                          input_signature=[spec])
+    return fn
+
+
+def _eager(model):
+    return lambda xb: model(xb, training=False)
 
 
 def predict_all(models: Mapping[str, Any], inputs: Mapping[str, np.ndarray]):

@@ -266,3 +266,39 @@ def test_concat_head_trains_on_the_members_inference_features(tiny_members, spli
     for a, b in zip(model.get_layer("head").get_weights(), ref.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert not np.allclose(init[0], ref.get_weights()[0])
+
+
+def test_the_prediction_cache_runs_the_layers_after_the_members_on_their_probabilities(
+        tiny_members, splits, tmp_path):
+    """The cache's shortcut: a merged file that is the members followed by layers has those
+    layers run on the members' probabilities; every cached row equals Keras' `predict` of
+    the whole in-memory model, also when the file on disk is stale."""
+    from kernelib.inference import read_predictions
+    from kernelib.members import load_keras
+    from kernelib.merge.cache import after_members, cache_predictions
+    from kernelib.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    merged = merge.merge_many(tiny_members, ["average", "vote", "weighted", "select", "stacking",
+                                             "concat"], train=splits.train, val=splits.val,
+                              options={"concat": {"epochs": 1}}, calibrate=["vote"])
+    merged["raw_stack"] = merge.merge(tiny_members, "stacking", val=splits.val,
+                                      passthrough=True, name="raw_stack")
+    merge.save_all(merged, run, check_x=splits.x_val)
+    x = splits.x_test
+    probs = {m.name: m.model.predict(x, verbose=0) for m in tiny_members}
+    shaped = {s: after_members(load_keras(run.merged_model(s)), probs)[0] is not None
+              for s in merged}
+    assert shaped == {"average": True, "vote": True, "weighted": True, "select": True,
+                      "stacking": True, "concat": False, "raw_stack": False}
+
+    stale = merge.merge(tiny_members, "average", weights=[0.9, 0.1])
+    merge.save(stale, run.merged_model("average"), check_x=x)
+    assert np.max(np.abs(stale.predict(x, verbose=0) - merged["average"].predict(x, verbose=0))) > 1e-3
+    cache_predictions(run, tiny_members, merged, splits)
+    preds, _ = read_predictions(run.predictions)
+    for s, model in merged.items():
+        np.testing.assert_allclose(preds["test"][s], model.predict(x, verbose=0), atol=1e-6,
+                                   err_msg=s)
+    np.testing.assert_allclose(preds["test"]["average"], np.mean(list(probs.values()), axis=0),
+                               atol=1e-6)
