@@ -6,7 +6,10 @@ process. Prints a ratio table, and where
 each executor's train-stage time goes: the longest step's papermill time (measured inside the
 step), Ray's own start and stop (measured alone), and the rest (processes, kernels, runner).
 
-    .venv/bin/python bench/runner.py [CONFIG] [--jobs N] [--repeats R] [--no-ray]
+    .venv/bin/python bench/runner.py [CONFIG] [--jobs N] [--repeats R] [--no-ray] [--keep DIR]
+
+`--keep DIR` runs in DIR and keeps its runs and reports (the cold run's metrics and report
+are a demo run like any other); without it, a temporary folder is removed at the end.
 
 Not a test: wall-clock numbers depend on the machine. Quote the medians.
 """
@@ -14,6 +17,7 @@ Not a test: wall-clock numbers depend on the machine. Quote the medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -66,10 +70,12 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-ray", action="store_true", help="skip the --executor ray row")
+    ap.add_argument("--keep", metavar="DIR", help="run in DIR (new or empty) and keep it")
     args = ap.parse_args()
     config = str(Path(args.config).resolve())
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as tmp:
         cwd = Path(tmp)
+        cwd.mkdir(parents=True, exist_ok=True)
         cold = timed(config, "--run-id", "cold", cwd=cwd)
         print(f"cold run: {cold:.1f} s", flush=True)
         stage_table(cwd / "runs" / "cold" / "manifest.json", cold)
