@@ -48,7 +48,8 @@ class Cache:
                     rec.update(status="succeeded", outputs=srec["outputs"], duration_s=0.0,
                                cached_from=srec.get("cached_from") or other["manifest"]["run_id"],
                                device=srec.get("device"))
-                    self._ensure_report(step, rec, copied=True)
+                    self._ensure_report(step, rec, copied=(other["manifest"].get("run_id"),
+                                                           other["root"] / srec["notebook"]))
                     return True
         return False
 
@@ -73,11 +74,36 @@ class Cache:
             with io.atomic_path(self.rd.notebooks / step.output) as tmp:
                 shutil.copy2(nb, tmp)
 
-    def _ensure_report(self, step: Step, rec: dict[str, Any], *, copied: bool = False) -> None:
+    def _ensure_report(self, step: Step, rec: dict[str, Any], *,
+                       copied: tuple[Any, Path] | None = None) -> None:
+        """The step's HTML reports in this run's reports folder. A step copied from another
+        run (`copied`: its run id and notebook) takes that run's reports when they are there
+        and not older than its notebook (they render the notebook just copied, and rendering
+        is most of a warm run's time); else its notebook is rendered."""
         html_name = Path(step.output).with_suffix(".html").name
         rec["report"] = html_name
-        if (self.report_dir / html_name).exists() and not copied:
+        html = self.report_dir / html_name
+        if copied is None and html.exists():
             return
         nb = self.rd.notebooks / step.output
-        if nb.exists():
-            report.render_notebook(nb, self.report_dir / html_name)
+        if not nb.exists():
+            return
+        if copied is not None and _reports_of(self.report_dir.parent, *copied, html_name):
+            src = self.report_dir.parent / copied[0] / html_name
+            for a, b in ((src, html), (report.share_path(src), report.share_path(html))):
+                with io.atomic_path(b) as tmp:
+                    shutil.copy2(a, tmp)
+            return
+        report.render_notebook(nb, html)
+
+
+def _reports_of(reports_root: Path, run_id: Any, notebook: Path, html_name: str) -> bool:
+    """Whether run `run_id` has both reports of `notebook`, rendered after it was written."""
+    if not isinstance(run_id, str) or Path(run_id).name != run_id or run_id.startswith("."):
+        return False  # a run id from a manifest names one folder inside the reports folder
+    html = reports_root / run_id / html_name
+    try:
+        written = notebook.stat().st_mtime
+        return all(p.stat().st_mtime >= written for p in (html, report.share_path(html)))
+    except OSError:  # either report (or the notebook) is not there
+        return False

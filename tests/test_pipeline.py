@@ -323,3 +323,45 @@ def test_cached_steps_are_not_executed(tmp_path):
     pool = _FakePool(slots=4)
     _execute(tmp_path, pool, decide=lambda k: k == 2)  # only train:a_ft runs
     assert pool.started == ["train:a_ft"]
+
+
+def test_a_step_copied_from_another_run_takes_its_reports_unless_they_are_older(tmp_path):
+    """Rendering was most of a warm run's time: a step copied from another run takes that
+    run's two HTML reports when both are newer than its notebook, else renders the notebook."""
+    import nbformat
+
+    from kernelib import report
+    from kernelib.cache import Cache
+    from kernelib.rundir import RunDir
+    from kernelib.steps import Step
+
+    step = Step(stage="load", label="load", notebook="01_load.ipynb", output="01_load.ipynb",
+                parameters={})
+    reports = tmp_path / "reports"
+    old_nb = tmp_path / "runs" / "old" / "notebooks" / "01_load.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Load")])
+    for path in (old_nb, tmp_path / "runs" / "new" / "notebooks" / "01_load.ipynb"):
+        path.parent.mkdir(parents=True)
+        nbformat.write(nb, str(path))
+    old_html = reports / "old" / "01_load.html"
+    old_html.parent.mkdir(parents=True)
+    for p in (old_html, report.share_path(old_html)):
+        p.write_text(f"<p>rendered for the old run: {p.name}</p>")
+    (reports / "new").mkdir()
+    cache = Cache(RunDir(tmp_path / "runs" / "new"), reports / "new", tmp_path / "runs", "new")
+    new_html = reports / "new" / "01_load.html"
+
+    cache._ensure_report(step, rec := {}, copied=("old", old_nb))
+    assert rec["report"] == "01_load.html"
+    assert new_html.read_text() == "<p>rendered for the old run: 01_load.html</p>"
+    assert report.share_path(new_html).read_text() == "<p>rendered for the old run: 01_load.share.html</p>"
+
+    later = old_html.stat().st_mtime + 10
+    os.utime(old_nb, (later, later))  # the old run's notebook was written after its reports
+    cache._ensure_report(step, {}, copied=("old", old_nb))
+    assert "rendered for the old run" not in new_html.read_text()
+    assert "Load" in new_html.read_text() and "Load" in report.share_path(new_html).read_text()
+    for bad in ("../old", ".", ""):  # a run id from a manifest names one folder, or nothing
+        new_html.unlink()
+        cache._ensure_report(step, {}, copied=(bad, old_nb))
+        assert "rendered for the old run" not in new_html.read_text()
