@@ -40,17 +40,22 @@ _TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def traced(model):
-    """The model's inference pass as a `tf.function` over any batch size, traced once and
-    kept with the model (the cache holds the model weakly: a dropped model frees it)."""
+    """`inference_function(model)`, made once and kept with the model (the cache holds the
+    model weakly: a dropped model frees it)."""
     fn = _TRACED.get(model)
     if fn is None:
-        import tensorflow as tf
-
-        ref = weakref.ref(model)  # a strong reference here would keep the model forever
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        fn = _TRACED[model] = tf.function(lambda xb: ref()(xb, training=False),
-                                          input_signature=[spec])
+        fn = _TRACED[model] = inference_function(model)
     return fn
+
+
+def inference_function(model):
+    """The model's inference pass as a `tf.function` over any batch size (float32 rows),
+    traced on its first call. It holds the model weakly: the caller keeps the model."""
+    import tensorflow as tf
+
+    ref = weakref.ref(model)  # a strong reference would keep a cached model forever
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    return tf.function(lambda xb: ref()(xb, training=False), input_signature=[spec])
 
 
 def _eager(model):

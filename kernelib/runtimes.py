@@ -117,10 +117,14 @@ def _keras(path: str) -> Runner:
 
 
 def keras_function(model, tf=None) -> Callable[[np.ndarray], np.ndarray]:
-    """The model's inference pass as one `tf.function` over any batch size (traced once)."""
-    tf = tf or _tensorflow()
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    """The model's inference pass as one `tf.function` over any batch size (traced once), to
+    NumPy; a new one per call (not `predict_proba`'s cached one: the export's reference traces
+    on the CPU). The caller keeps `model` alive (a `Runner`'s `keep`)."""
+    from kernelib.inference import inference_function
+
+    if tf is None:
+        _tensorflow()  # imported quietly before `inference_function` imports it
+    fn = inference_function(model)
     return lambda x: fn(x).numpy()
 
 

@@ -43,9 +43,9 @@ def cache_predictions(run, members, merged: Mapping[str, Any], splits, *,
     preds = predict_all({m.name: m.model for m in members}, inputs)
     for strategy, model in merged.items():
         path = run.merged_model(strategy)  # saved by `save_all`, when it ran
-        saved = load_keras(path) if path.is_file() else None
+        head = after_members(load_keras(path), preds["val"]) if path.is_file() else (None, [])
         for split, x in inputs.items():
-            preds[split][strategy] = merged_predictions(model, x, preds[split], saved=saved)
+            preds[split][strategy] = merged_predictions(model, x, preds[split], head=head)
     oof = dict(val_out_of_fold or {})
     preds["val"] |= {n: check_proba(p, name=n, n_rows=len(splits.y_val)) for n, p in oof.items()}
     save_predictions(run.predictions, preds, kinds)
@@ -56,20 +56,20 @@ def cache_predictions(run, members, merged: Mapping[str, Any], splits, *,
 
 
 def merged_predictions(model, x, member_probs: Mapping[str, np.ndarray], *,
-                       saved=None) -> np.ndarray:
+                       head: tuple[Any, list[str]] = (None, [])) -> np.ndarray:
     """`model`'s probabilities on `x`, given the members' (`{member name: probabilities}`).
 
-    `saved` is the model's file, loaded: a graph of its own (in memory, the members' layers
-    are shared by every merged model). When it is members followed by layers, those layers
-    run on `member_probs`, and `model` itself predicts the first `CHECK_ROWS` rows; if any
-    probability differs by more than `CHECK_TOLERANCE` (a stale file, say), or without
-    `saved`, `model` predicts all of `x`.
+    `head` is `after_members` of the model's saved file (a graph of its own: in memory, the
+    members' layers are shared by every merged model). When there is one, it runs on
+    `member_probs`, and `model` itself predicts the first `CHECK_ROWS` rows; if any
+    probability differs by more than `CHECK_TOLERANCE` (a stale file, say), or without a
+    head, `model` predicts all of `x`.
     """
-    head, names = after_members(saved, member_probs) if saved is not None else (None, [])
-    if head is None:
+    layers, names = head
+    if layers is None:
         return predict_proba(model, x)
-    probs = np.asarray(head([np.asarray(member_probs[n], dtype="float32") for n in names],
-                            training=False), dtype="float64")
+    probs = np.asarray(layers([np.asarray(member_probs[n], dtype="float32") for n in names],
+                              training=False), dtype="float64")
     whole = predict_proba(model, x[:CHECK_ROWS])
     if np.max(np.abs(whole - probs[:CHECK_ROWS])) > CHECK_TOLERANCE:
         return predict_proba(model, x)
