@@ -195,23 +195,43 @@ def _onnx(path: str) -> Runner:
     return Runner("onnx", shape, lambda x: sess.run(None, {name: x})[0], keep=sess)
 
 
-def predict_batched(runner: Runner, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Probabilities for every row of `x`, in batches of `batch_size` (float32)."""
-    parts = [runner(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+def predict_batched(runner: Runner, x: np.ndarray, *, batch_size: int = 256,
+                    seconds: list[float] | None = None) -> np.ndarray:
+    """Probabilities for every row of `x`, in batches of `batch_size` (float32). With
+    `seconds` (a list), the wall time of each full batch's call is appended to it."""
+    parts = []
+    for i in range(0, len(x), batch_size):
+        t = time.perf_counter()
+        parts.append(runner(x[i:i + batch_size]))
+        if seconds is not None and len(parts[-1]) == batch_size:
+            seconds.append(time.perf_counter() - t)
     return np.concatenate(parts).astype("float32")
 
 
-def measure(runner: Runner, x: np.ndarray, *, repeats: int, batch_size: int = 256) -> dict:
-    """Median batch-1 latency (ms) and batch-`batch_size` throughput (rows/s) over `repeats`."""
+WARM_UP = 3  # calls before a timing counts: tracing, allocation, thread pools
+
+
+def measure(runner: Runner, x: np.ndarray, *, repeats: int, batch_size: int = 256,
+            batch_seconds: list[float] | None = None) -> dict:
+    """Median batch-1 latency (ms) and batch-`batch_size` throughput (rows/s) over `repeats`.
+
+    `batch_seconds` are the times of full-batch calls already made (`predict_batched`'s
+    `seconds`): when there are at least `repeats` after the first `WARM_UP`, the throughput is
+    their median and no batch runs again (on a large test split, most of the time the
+    verification of an ensemble took went to those repeated batches)."""
     one = x[:1]
-    big = np.resize(x, (batch_size, *x.shape[1:])).astype("float32")  # rows repeated to fill
+    timed = list(batch_seconds or [])[WARM_UP:]
+    if len(timed) >= repeats:
+        throughput = batch_size / float(np.median(timed))
+    else:
+        big = np.resize(x, (batch_size, *x.shape[1:])).astype("float32")  # rows repeated
+        throughput = batch_size / _median_seconds(runner, big, repeats)
     return {"latency_ms": 1e3 * _median_seconds(runner, one, repeats),
-            "throughput_per_s": batch_size / _median_seconds(runner, big, repeats),
-            "timing_repeats": repeats}
+            "throughput_per_s": throughput, "timing_repeats": repeats}
 
 
 def _median_seconds(runner: Runner, x: np.ndarray, repeats: int) -> float:
-    for _ in range(3):  # warm-up: tracing, allocation, thread pools
+    for _ in range(WARM_UP):
         runner(x)
     times = []
     for _ in range(repeats):

@@ -329,3 +329,31 @@ def test_export_without_test_rows_writes_unverified_records(tmp_path):
     with pytest.raises(ExportError, match="tflite_int8 is judged by its accuracy drop"):
         export.export(model, tmp_path / "q", ["tflite_int8"], name="plain",
                       calibration_data=x)
+
+
+def test_throughput_comes_from_the_prediction_batches_when_there_are_enough():
+    """The verifying process times the full batches it already predicted; it runs batches of
+    256 again only when too few were predicted (a small test split)."""
+    from kernelib import runtimes
+
+    calls = []
+
+    def run(x):
+        calls.append(len(x))
+        return np.zeros((len(x), 2), "float32")
+
+    runner = runtimes.Runner("test", (3,), run)
+    seconds: list[float] = []
+    probs = runtimes.predict_batched(runner, np.zeros((256 * 8 + 5, 3), "float32"),
+                                     batch_size=256, seconds=seconds)
+    assert probs.shape == (256 * 8 + 5, 2) and len(seconds) == 8  # the 5-row batch not timed
+    calls.clear()
+    figures = runtimes.measure(runner, np.zeros((10, 3), "float32"), repeats=5, batch_size=256,
+                               batch_seconds=seconds)
+    assert set(calls) == {1}  # latency only: 3 warm-up calls and 5 timed ones of one row
+    assert len(calls) == 8
+    assert figures["throughput_per_s"] == pytest.approx(256 / np.median(seconds[3:]))
+    calls.clear()
+    runtimes.measure(runner, np.zeros((10, 3), "float32"), repeats=6, batch_size=256,
+                     batch_seconds=seconds)  # 5 timed batches < 6 repeats: measured anew
+    assert calls.count(256) == 3 + 6

@@ -116,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     runner = runtimes.load(args.path, runtimes.runtime_kind(args.format))
     x = np.load(args.inputs)
-    np.save(args.output, runtimes.predict_batched(runner, x, batch_size=BATCH))
+    seconds: list[float] = []
+    np.save(args.output, runtimes.predict_batched(runner, x, batch_size=BATCH, seconds=seconds))
     if args.timing:
-        Path(args.timing).write_text(json.dumps(runtimes.measure(runner, x, repeats=args.repeats,
-                                                                 batch_size=BATCH)))
+        Path(args.timing).write_text(json.dumps(runtimes.measure(
+            runner, x, repeats=args.repeats, batch_size=BATCH, batch_seconds=seconds)))
     return 0

