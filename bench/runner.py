@@ -55,32 +55,27 @@ def longest_train_step(manifest: Path) -> float:
 
 
 def stage_table(manifest: Path, total: float) -> None:
-    """Each step's duration in the cold run and its share of the command's wall time; steps
-    of one stage that overlapped (--jobs) also as the stage's wall time, first start to last
-    end (the manifest's times are whole seconds)."""
+    """Each step's duration in the cold run and its share of the command's wall time; a stage
+    of several steps (members, overlapping with --jobs) also as its wall time, first start to
+    last end (the manifest's times are whole seconds)."""
     from datetime import datetime
 
     stages = json.loads(manifest.read_text())["stages"]
+    row = lambda label, d: print(f"{label:<34}{d:>10.1f}{d / total:>8.1%}")  # noqa: E731
     print(f"{'step':<34}{'seconds':>10}{'share':>8}")
-    walls = {}
     for s in stages:
-        d = s.get("duration_s") or 0.0
-        print(f"{s['label']:<34}{d:>10.1f}{d / total:>8.1%}")
-        if s.get("started") and s.get("ended"):
-            t = (datetime.fromisoformat(s["started"]), datetime.fromisoformat(s["ended"]))
-            lo, hi = walls.get(s["stage"], t)
-            walls[s["stage"]] = (min(lo, t[0]), max(hi, t[1]))
+        row(s["label"], s.get("duration_s") or 0.0)
     counted = 0.0
     for stage in dict.fromkeys(s["stage"] for s in stages):
         steps = [s for s in stages if s["stage"] == stage]
-        if len(steps) > 1 and stage in walls:
-            wall = (walls[stage][1] - walls[stage][0]).total_seconds()
-            print(f"{f'{stage} ({len(steps)} steps), wall':<34}{wall:>10.1f}{wall / total:>8.1%}")
+        if len(steps) > 1 and all(s.get("started") and s.get("ended") for s in steps):
+            wall = (max(datetime.fromisoformat(s["ended"]) for s in steps)
+                    - min(datetime.fromisoformat(s["started"]) for s in steps)).total_seconds()
+            row(f"{stage} ({len(steps)} steps), wall", wall)
             counted += wall
         else:
             counted += sum(s.get("duration_s") or 0.0 for s in steps)
-    rest = total - counted
-    print(f"{'runner (plan, cache, render)':<34}{rest:>10.1f}{rest / total:>8.1%}", flush=True)
+    row("runner (plan, cache, render)", total - counted)
 
 
 def main() -> int:
